@@ -1,0 +1,155 @@
+"""The `mimbench` command. The only module that prints, and the only one that imports rich."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mimbench import __version__
+from mimbench import config as cfg
+from mimbench.errors import MimbenchError
+
+console = Console(stderr=True)
+
+
+class Group(click.Group):
+    """Turns MimbenchError into one line on stderr and exit code 2 (traceback with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MimbenchError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="mimbench")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx, debug):
+    """mimbench: masked image modeling with swappable targets."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def config_options(f):
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override one config key, e.g. --set optim.lr=1e-3 (repeatable).")(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="A YAML file of config sections.")(f)
+    f = click.option("--preset", default="tiny", show_default=True,
+                     help=f"Base preset: {', '.join(cfg.PRESETS)}.")(f)
+    f = click.option("--target", default=None, help="Target name (sets target.name).")(f)
+    f = click.option("--out", type=click.Path(file_okay=False),
+                     help="Run directory (default: runs/<target>-<time>).")(f)
+    f = click.option("--resume", type=click.Path(file_okay=False),
+                     help="Continue the run in this directory from its last checkpoint.")(f)
+    return f
+
+
+def _pretrain(target, preset, config_file, overrides, out, resume):
+    from mimbench.engine import prepare_run_dir, pretrain
+
+    if resume:
+        if target or config_file or overrides or out:
+            raise MimbenchError("--resume continues a run with its saved config; drop --target, "
+                                "--config, --set and --out.")
+        run, config = prepare_run_dir(resume, None, resume=True)
+    else:
+        config = cfg.resolve(preset, config_file, target, tuple(overrides))
+        out = out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run, config = prepare_run_dir(out, config, resume=False)
+    console.print(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]",
+                  highlight=False)
+    with progress_bar() as bar:
+        task = bar.add_task("pre-training", total=None, loss=float("nan"), ips=0.0)
+
+        def report(step, total, metrics):
+            bar.update(task, completed=step, total=total, loss=metrics.get("loss", float("nan")),
+                       ips=metrics.get("img_per_s", bar.tasks[task].fields["ips"]))
+
+        results = pretrain(config, run, report)
+    return run, results
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("step {task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def print_results(run, results: dict) -> None:
+    table = Table(title=f"results: {run.path}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    pre = results.get("pretrain", {})
+    if pre:
+        table.add_row("target", results["target"]["name"])
+        table.add_row("pre-training steps", str(pre["steps"]))
+        table.add_row(f"final loss ({pre['loss']})", f"{pre['final_loss']:.4f}")
+        table.add_row("wall time", f"{pre['wall_time_s']:.1f} s")
+    for name, ev in results.get("evals", {}).items():
+        for key, value in ev.items():
+            if isinstance(value, float):
+                table.add_row(f"{name}.{key}", f"{value:.2f}")
+    Console().print(table)
+
+
+@main.command()
+@config_options
+def pretrain(target, preset, config_file, overrides, out, resume):
+    """Pre-train a student with a target; writes a run directory."""
+    run, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    print_results(run, results)
+
+
+@main.command()
+@config_options
+def run(target, preset, config_file, overrides, out, resume):
+    """Pre-train, then run the preset's evaluations; prints a results table."""
+    run_dir, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    print_results(run_dir, results)
+
+
+@main.group()
+def targets():
+    """Inspect the registered targets."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def targets_list(as_json):
+    """Every registered target with its source and description."""
+    from mimbench.targets import TARGETS
+
+    rows = [{"name": e.name, "source": e.source} for e in TARGETS.entries()]
+    for row, entry in zip(rows, TARGETS.entries()):
+        doc = (entry.factory.__doc__ or "").strip().splitlines()
+        row["description"] = doc[0] if doc else ""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="targets")
+    for column in ("name", "source", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["source"], row["description"])
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

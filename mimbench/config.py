@@ -1,0 +1,329 @@
+"""Run configuration: frozen dataclasses whose defaults are the `tiny` preset.
+
+Resolution order: defaults -> preset -> YAML file (--config) -> --target -> --set overrides.
+`target` and `data` sections hold a registry name plus that entry's own options, checked
+against the factory's signature so a typo gets a "did you mean".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mimbench.errors import ConfigError
+from mimbench.registry import did_you_mean
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    model: str = "vit_small_patch16_224"  # any timm ViT or BEiT name; the fields below override its shape
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    drop_path: float = 0.0
+    layer_scale: float | None = None  # timm's init_values
+    extra: dict = field(default_factory=dict)  # more timm kwargs, e.g. use_shared_rel_pos_bias
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.img_size // self.patch_size
+        return (side, side)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    kind: Literal["block", "random"] = "block"
+    ratio: float = 0.45  # fraction of patches masked; ignored when num_masked is set
+    num_masked: int | None = None
+    min_block: int = 4  # smallest block area in patches (BEiT: 16 on 14x14)
+    min_aspect: float = 0.3
+
+    def count(self, grid: tuple[int, int]) -> int:
+        if self.num_masked is not None:
+            return self.num_masked
+        return round(self.ratio * grid[0] * grid[1])
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str = "clip"
+    loss: Literal["cosine", "mse", "smooth_l1", "ce"] | None = None  # None: the target's default
+    standardize: bool = True  # per-channel standardisation of feature targets over the batch
+    options: dict = field(default_factory=dict)  # the target's own options (layer, weights, ...)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "world"
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop area range
+    hflip: bool = False
+    color_jitter: float = 0.0
+    num_workers: int = 0
+    options: dict = field(default_factory=dict)  # the dataset's own options (root, split, ...)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = 128  # per process, per accumulation step
+    accum_steps: int = 1
+    steps: int | None = 1000  # total optimizer steps; overrides epochs when set
+    epochs: float | None = None
+    lr: float = 2e-3
+    lr_base_batch: int | None = None  # when set, lr scales linearly with effective batch / this
+    min_lr: float = 1e-5
+    warmup_steps: int | None = 50
+    warmup_epochs: float | None = None
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = 3.0
+    amp: Literal["none", "bf16"] = "none"  # student autocast
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    teacher_amp: Literal["none", "bf16"] = "none"
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTION_TYPES = {"student": StudentConfig, "mask": MaskConfig, "target": TargetConfig,
+                 "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+OPEN_SECTIONS = {"target", "data"}  # sections whose unknown keys are the entry's own options
+
+PRESETS: dict[str, dict] = {
+    # The embedded default: the world at 32 px, a 0.8M-parameter ViT, minutes on 2 CPU cores.
+    "tiny": {},
+    # Seconds on a laptop; what the tests use.
+    "smoke": {
+        "student": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        "mask": {"min_block": 2},
+        "optim": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "lr": 1e-3},
+        "run": {"checkpoint_every": 3, "log_every": 1},
+    },
+    # BEiT's ViT-B/16 pre-training recipe on ImageNet-1k (PROTOCOLS.md), 300 epochs.
+    "paper": {
+        "student": {"model": "beit_base_patch16_224", "img_size": 224, "patch_size": 16,
+                    "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1,
+                    "layer_scale": 0.1,
+                    "extra": {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
+                              "use_shared_rel_pos_bias": True}},
+        "mask": {"kind": "block", "num_masked": 75, "min_block": 16, "min_aspect": 0.3},
+        "target": {"standardize": False},
+        "data": {"name": "folder", "crop_scale": (0.08, 1.0), "hflip": True, "color_jitter": 0.4,
+                 "num_workers": 10},
+        "optim": {"batch_size": 2048, "steps": None, "epochs": 300, "lr": 1.5e-3,
+                  "lr_base_batch": 2048, "min_lr": 1e-5, "warmup_steps": None, "warmup_epochs": 10,
+                  "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
+        "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50},
+    },
+}
+
+
+# ---------------------------------------------------------------- typed values
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where it is unambiguous."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"'{key}' must be one of {', '.join(map(repr, allowed))}, "
+                              f"not {value!r}{did_you_mean(str(value), map(str, allowed))}.")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"'{key}' must be a list of {len(args)} values, not {value!r}.")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, not {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, not {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, not {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, not {value!r}.")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, not {value!r}.")
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _replace_section(section_obj, updates: dict, section: str):
+    hints = _hints(type(section_obj))
+    known = {f.name for f in dataclasses.fields(section_obj)} - {"options"}
+    changes: dict[str, Any] = {}
+    options = dict(getattr(section_obj, "options", {}))
+    for key, value in updates.items():
+        full = f"{section}.{key}"
+        if key in known:
+            changes[key] = _coerce(value, hints[key], full)
+        elif section in OPEN_SECTIONS:
+            options[key] = value  # checked against the entry's factory in check_options
+        else:
+            raise ConfigError(f"unknown config key '{full}'{did_you_mean(key, known)}; "
+                              f"'{section}' has: {', '.join(sorted(known))}.")
+    if section in OPEN_SECTIONS:
+        if "name" in changes and changes["name"] != section_obj.name:
+            options = {k: v for k, v in options.items() if k in updates}  # options belong to a name
+        changes["options"] = options
+    return dataclasses.replace(section_obj, **changes)
+
+
+def apply(config: Config, updates: dict) -> Config:
+    """Return `config` with a nested mapping {section: {key: value}} applied."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"a config must be a mapping of sections, not {type(updates).__name__}.")
+    changes = {}
+    for section, values in updates.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{did_you_mean(section, SECTIONS)}; "
+                              f"sections are: {', '.join(SECTIONS)}.")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, not {values!r}.")
+        changes[section] = _replace_section(getattr(config, section), values, section)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr=1e-3' -> {'optim': {'lr': 0.001}}; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=1e-3.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = _number_or_text(value)
+    return {parts[0]: {parts[1]: value}}
+
+
+def _number_or_text(text: str):
+    """YAML reads '1e-3' as a string; read it as the number a user meant."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return text
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML ({e.problem}).") from None
+    return data or {}
+
+
+def resolve(preset: str = "tiny", config_file: str | Path | None = None, target: str | None = None,
+            overrides: tuple[str, ...] = ()) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, PRESETS)}; "
+                          f"presets are: {', '.join(PRESETS)}.")
+    config = apply(Config(), PRESETS[preset])
+    if config_file is not None:
+        config = apply(config, load_yaml(config_file))
+    if target is not None:
+        config = apply(config, {"target": {"name": target}})
+    for text in overrides:
+        config = apply(config, parse_override(text))
+    check_options(config)
+    return config
+
+
+def check_options(config: Config) -> None:
+    """Each option of `target` and `data` must be a parameter of its registered factory."""
+    from mimbench.data import DATASETS
+    from mimbench.targets import TARGETS
+
+    for section, registry in (("target", TARGETS), ("data", DATASETS)):
+        cfg = getattr(config, section)
+        factory = registry.get(cfg.name).factory
+        params = inspect.signature(factory).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in cfg.options:
+            if key not in params:
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}'{did_you_mean(key, params)}; "
+                    f"{section} '{cfg.name}' takes: {', '.join(params) or 'no options'}.")
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+def to_dict(config: Config) -> dict:
+    out = {}
+    for section in SECTIONS:
+        values = dataclasses.asdict(getattr(config, section))
+        options = values.pop("options", {})
+        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        out[section].update(options)
+    return out
+
+
+def from_dict(data: dict) -> Config:
+    return apply(Config(), data)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def diff(config: Config, base: Config | None = None) -> dict:
+    """The keys of `config` that differ from `base` (default: the tiny defaults), flattened."""
+    a, b = to_dict(config), to_dict(base or Config())
+    return {f"{s}.{k}": v for s in a for k, v in a[s].items() if b[s].get(k, object()) != v}

@@ -1,0 +1,17 @@
+"""Datasets by name. Each yields (PIL RGB image, label) pairs; label -1 when unlabelled."""
+
+from __future__ import annotations
+
+from mimbench.registry import Registry
+
+DATASETS = Registry("dataset", group="mimbench.datasets")
+
+
+def build_dataset(name: str, **options):
+    """Build the dataset `name` with its options (as in the config's `data` section)."""
+    return DATASETS.get(name).factory(**options)
+
+
+from mimbench.data import folder, world  # noqa: E402,F401  (registration)
+
+__all__ = ["DATASETS", "build_dataset"]

@@ -1,0 +1,24 @@
+"""Errors a user can fix. The CLI prints their message as one line and exits non-zero."""
+
+
+class MimbenchError(Exception):
+    """Something the user can fix: bad config, missing file, unusable weights.
+
+    The message is one sentence that says what is wrong and what to do.
+    """
+
+
+class ConfigError(MimbenchError):
+    """A config key, value or file is wrong."""
+
+
+class DataError(MimbenchError):
+    """A dataset path is missing, empty or holds an unreadable file."""
+
+
+class WeightsUnavailableError(MimbenchError):
+    """Teacher weights are neither local nor downloadable right now."""
+
+
+class TrainingDiverged(MimbenchError):
+    """The loss became non-finite; the last good checkpoint is kept."""

@@ -1,0 +1,80 @@
+"""The student: a timm ViT (or BEiT) with a mask token and a head shaped by the target's spec."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.models.beit import Beit
+from torch import Tensor, nn
+
+from mimbench.config import StudentConfig
+from mimbench.errors import ConfigError
+from mimbench.targets.base import TargetSpec
+
+
+def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
+    """A timm ViT/BEiT without classifier, shaped by the config; names stay timm's."""
+    kwargs = dict(img_size=config.img_size, patch_size=config.patch_size,
+                  embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
+                  drop_path_rate=config.drop_path, num_classes=0)
+    if config.layer_scale is not None:
+        kwargs["init_values"] = config.layer_scale
+    kwargs.update(config.extra)
+    kwargs.update(overrides)
+    try:
+        encoder = timm.create_model(config.model, pretrained=False, **kwargs)
+    except RuntimeError as e:
+        raise ConfigError(f"timm cannot build student '{config.model}' ({e}); "
+                          f"pick a vit_* or beit_* model.") from None
+    if not hasattr(encoder, "patch_embed") or not hasattr(encoder, "blocks"):
+        raise ConfigError(f"student '{config.model}' is not a ViT; pick a vit_* or beit_* model.")
+    return encoder
+
+
+class Student(nn.Module):
+    """encoder(patches with masked ones replaced by the mask token) -> head -> [B, N, dim]."""
+
+    def __init__(self, config: StudentConfig, spec: TargetSpec):
+        super().__init__()
+        self.encoder = build_encoder(config)
+        width = self.encoder.embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.head = nn.Linear(width, spec.dim)  # regressor (features) or classifier (tokens)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def tokens(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """images [B, 3, S, S], mask [B, N] bool -> final normed patch tokens [B, N, width]."""
+        enc = self.encoder
+        x = enc.patch_embed(images)  # [B, N, width]
+        if mask is not None:
+            w = mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        if isinstance(enc, Beit):
+            x = torch.cat([enc.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            if enc.pos_embed is not None:
+                x = x + enc.pos_embed
+            x = enc.pos_drop(x)
+            shared_bias = enc.rel_pos_bias() if enc.rel_pos_bias is not None else None
+            for block in enc.blocks:
+                x = block(x, shared_rel_pos_bias=shared_bias)
+            prefix = 1
+        else:
+            x = enc.norm_pre(enc.patch_drop(enc._pos_embed(x)))
+            x = enc.blocks(x)
+            prefix = enc.num_prefix_tokens
+        return enc.norm(x)[:, prefix:]  # [B, N, width]
+
+    def forward(self, images: Tensor, mask: Tensor) -> Tensor:
+        return self.head(self.tokens(images, mask))  # [B, N, dim]
+
+
+def no_weight_decay_names(student: nn.Module) -> set[str]:
+    """Parameters exempt from weight decay: biases, norms, position embeddings/biases, tokens."""
+    names = set()
+    for name, param in student.named_parameters():
+        if (param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+                or "relative_position_bias_table" in name):
+            names.add(name)
+    return names

@@ -1,0 +1,56 @@
+"""Where teacher weights come from: a local file, or a download that fails fast when offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mimbench.errors import WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 3.0
+
+
+def cache_dir() -> Path:
+    """$MIMBENCH_HOME, else $XDG_CACHE_HOME/mimbench, else ~/.cache/mimbench."""
+    if os.environ.get("MIMBENCH_HOME"):
+        return Path(os.environ["MIMBENCH_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mimbench"
+
+
+def local_file(weights: str | os.PathLike | None) -> Path | None:
+    """The path named by `weights` if it looks like a path; an error if that path is missing."""
+    if weights is None:
+        return None
+    text = str(weights)
+    looks_like_path = os.sep in text or text.startswith(("~", ".")) or Path(text).suffix != ""
+    if not looks_like_path or "://" in text:
+        return None
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise WeightsUnavailableError(f"weights file '{path}' does not exist; check target.weights.")
+    return path
+
+
+def reachable(url: str) -> bool:
+    """Can we open a TCP connection to the host of `url` within a few seconds?"""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def require_network(what: str, url: str) -> None:
+    """Raise the one-sentence remedy when `url` cannot be reached, instead of minutes of retries."""
+    if not reachable(url):
+        raise WeightsUnavailableError(
+            f"{what} are not on this machine and {urlparse(url).hostname} cannot be reached; "
+            f"download {url} on a machine with network and pass it with "
+            f"--set target.weights=/path/to/{Path(urlparse(url).path).name or 'file'}.")

@@ -1,0 +1,28 @@
+"""Target providers: built-ins register here; plugins through the `mimbench.targets` entry point group."""
+
+from __future__ import annotations
+
+import sys
+
+from mimbench.registry import Registry
+from mimbench.targets.base import TargetProvider, TargetSpec
+
+TARGETS = Registry("target", group="mimbench.targets")
+
+
+def register_target(name: str):
+    """Decorator: make a TargetProvider class (or a factory returning one) available as `name`."""
+    module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    source = "built-in" if module.startswith("mimbench.targets.") else f"module '{module}'"
+    return TARGETS.register(name, source=source)
+
+
+def build_target(name: str, **options) -> TargetProvider:
+    """Build the target `name` with its options (as in the config's `target` section)."""
+    return TARGETS.get(name).factory(**options)
+
+
+# Built-ins: each module is light to import; heavy libraries load when a target is built.
+from mimbench.targets import clip, dvae, pixels, timm_features  # noqa: E402,F401
+
+__all__ = ["TARGETS", "TargetProvider", "TargetSpec", "build_target", "register_target"]

@@ -1,0 +1,85 @@
+"""DALL-E's discrete VAE encoder as a token target: BEiT's choice."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from mimbench.errors import ConfigError, WeightsUnavailableError
+from mimbench.targets import register_target
+from mimbench.targets.base import TargetSpec
+from mimbench.weights import cache_dir, local_file, require_network
+
+log = logging.getLogger(__name__)
+OFFICIAL_URL = "https://cdn.openai.com/dall-e/encoder.pkl"
+LOGIT_LAPLACE_EPS = 0.1
+DOWNSAMPLE = 8  # the d-VAE encoder's stride
+
+
+def map_pixels(x: Tensor, eps: float = LOGIT_LAPLACE_EPS) -> Tensor:
+    """DALL-E's input map from [0, 1] to [eps, 1 - eps]."""
+    return (1 - 2 * eps) * x + eps
+
+
+def load_encoder(path) -> nn.Module:
+    """Unpickle a whole dall_e Encoder module, as `dall_e.load_model` does.
+
+    Full pickles can run code: this is only called on the official file or a path the user named.
+    """
+    import dall_e  # noqa: F401  (the pickle refers to its classes)
+
+    warnings.warn(f"loading the pickled d-VAE encoder '{path}' with weights_only=False: only do "
+                  f"this for the official file or one you made yourself.", stacklevel=2)
+    try:
+        encoder = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise WeightsUnavailableError(f"'{path}' is not a readable d-VAE encoder pickle ({e}); "
+                                      f"rebuild it or download {OFFICIAL_URL} again.") from None
+    if not isinstance(encoder, dall_e.Encoder):
+        raise ConfigError(f"'{path}' holds a {type(encoder).__name__}, not a dall_e Encoder.")
+    return encoder
+
+
+def _official_encoder() -> str:
+    path = cache_dir() / "dall_e" / "encoder.pkl"
+    if not path.exists():
+        require_network("the DALL-E d-VAE encoder weights", OFFICIAL_URL)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        log.info("downloading %s", OFFICIAL_URL)
+        torch.hub.download_url_to_file(OFFICIAL_URL, str(tmp), progress=False)
+        tmp.replace(path)
+    return str(path)
+
+
+@register_target("dvae")
+class DVAETarget(nn.Module):
+    """Token ids argmax(encoder(map_pixels(view))) of a dall_e Encoder, one per 8x8 pixels.
+
+    weights: 'official' (downloads OpenAI's encoder.pkl once) or a local pickled Encoder.
+    input_size: side of the teacher view; by default 8x the student's grid (112 for 14x14).
+    """
+
+    def __init__(self, weights: str = "official", input_size: int | None = None,
+                 grid: tuple[int, int] = (14, 14), interpolation: str = "lanczos",
+                 loss: str = "ce"):
+        super().__init__()
+        path = _official_encoder() if weights == "official" else local_file(weights)
+        if path is None:
+            raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
+        self.encoder = load_encoder(path).eval().requires_grad_(False)
+        size = input_size or DOWNSAMPLE * grid[0]
+        side = size // DOWNSAMPLE
+        self.spec = TargetSpec(kind="tokens", dim=self.encoder.vocab_size, grid=(side, side),
+                               input_size=size, interpolation=interpolation, loss=loss)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # a teacher is always in eval mode
+
+    @torch.inference_mode()
+    def forward(self, view: Tensor) -> Tensor:
+        logits = self.encoder(map_pixels(view.float()))  # [B, vocab, h, w]
+        return logits.argmax(1).flatten(1)  # [B, h*w] int64
