@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -60,17 +59,18 @@ def config_options(f):
 
 
 def _pretrain(target, preset, config_file, overrides, out, resume):
-    from mimbench.engine import prepare_run_dir, pretrain
+    from mimbench.engine import open_run, pretrain
 
     if resume:
         if target or config_file or overrides or out:
             raise MimbenchError("--resume continues a run with its saved config; drop --target, "
                                 "--config, --set and --out.")
-        run, config = prepare_run_dir(resume, None, resume=True)
+        run = open_run(resume, resume=True)
+        config = cfg.from_dict(cfg.load_yaml(run.config))
     else:
         config = cfg.resolve(preset, config_file, target, tuple(overrides))
-        out = out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run, config = prepare_run_dir(out, config, resume=False)
+        run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                       resume=False)
     console.print(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]",
                   highlight=False)
     with progress_bar() as bar:

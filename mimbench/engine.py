@@ -122,20 +122,16 @@ class RunDir:
         tmp.replace(self.results)
 
 
-def prepare_run_dir(out: str | Path, config: Config | None, resume: bool) -> tuple[RunDir, Config]:
-    """A new run dir with its config.yaml, or (resume) the config an existing one holds."""
+def open_run(out: str | Path, resume: bool) -> RunDir:
+    """The run directory at `out`: an existing run to resume, or a place for a new one."""
     run = RunDir(out)
-    if resume:
-        if not run.config.exists():
-            raise MimbenchError(f"'{run.path}' is not a run directory (no config.yaml); "
-                                f"check the path given to --resume.")
-        return run, cfg.from_dict(cfg.load_yaml(run.config))
-    if run.checkpoint.exists():
+    if resume and not run.config.exists():
+        raise MimbenchError(f"'{run.path}' is not a run directory (no config.yaml); "
+                            f"check the path given to --resume.")
+    if not resume and run.checkpoint.exists():
         raise MimbenchError(f"'{run.path}' already holds a run; continue it with --resume "
                             f"{run.path} or choose another --out.")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(cfg.dump_yaml(config))
-    return run, config
+    return run
 
 
 def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) -> dict:
@@ -150,6 +146,9 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
 
     images = build_dataset(config.data.name, **config.data.options)
     plan = schedule(config, len(images))
+    run.path.mkdir(parents=True, exist_ok=True)  # only now that the target and data are usable
+    if not run.config.exists():
+        run.config.write_text(cfg.dump_yaml(config))
     total, batch = plan["total_steps"], config.optim.batch_size
 
     state = checkpoint.load(run.checkpoint) if run.checkpoint.exists() else None

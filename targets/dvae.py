@@ -70,11 +70,12 @@ class DVAETarget(nn.Module):
         path = _official_encoder() if weights == "official" else local_file(weights)
         if path is None:
             raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
-        self.encoder = load_encoder(path).eval().requires_grad_(False)
+        self.encoder = load_encoder(path).requires_grad_(False)
         size = input_size or DOWNSAMPLE * grid[0]
         side = size // DOWNSAMPLE
         self.spec = TargetSpec(kind="tokens", dim=self.encoder.vocab_size, grid=(side, side),
                                input_size=size, interpolation=interpolation, loss=loss)
+        self.train(False)
 
     def train(self, mode: bool = True):
         return super().train(False)  # a teacher is always in eval mode

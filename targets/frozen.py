@@ -43,12 +43,13 @@ class FrozenFeatures(nn.Module):
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"target.normalize must be one of {', '.join(NORMALIZATIONS)}, "
                               f"not {normalize!r}.")
-        self.network = network.eval().requires_grad_(False)
+        self.network = network.requires_grad_(False)
         self.extract = extract
         self.spec = spec
         self.normalize = normalize
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
 
     def train(self, mode: bool = True):
         return super().train(False)  # a teacher is always in eval mode

@@ -1,0 +1,137 @@
+"""The CLI as a user meets it: real subprocesses, real files."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import mimbench
+from mimbench.cli import main
+
+
+def test_version_and_help(cli):
+    result = cli("--version")
+    assert result.returncode == 0 and mimbench.__version__ in result.stdout
+    result = cli("--help")
+    for command in ("run", "pretrain", "targets"):
+        assert command in result.stdout
+
+
+def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--target", "pixels", "--preset", "smoke", "--out", out)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["target"]["name"] == "pixels" and config["optim"]["steps"] == 6
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(r["step"], int) and r["loss"] > 0 for r in rows)
+    results = json.loads((out / "results.json").read_text())
+    assert results["pretrain"]["steps"] == 6
+    assert results["pretrain"]["final_loss"] == pytest.approx(rows[-1]["loss"])
+    assert results["target"]["grid"] == [4, 4]
+    assert (out / "checkpoint.pt").exists()
+    assert "final loss" in result.stdout  # the results table
+
+
+def test_smoke_run_on_a_folder_dataset(cli, tmp_path, image_folder):
+    out = tmp_path / "run"
+    result = cli("pretrain", "--target", "pixels", "--preset", "smoke", "--out", out,
+                 "--set", "data.name=folder", "--set", f"data.root={image_folder}",
+                 "--set", "optim.batch_size=4")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "results.json").read_text())["pretrain"]["steps"] == 6
+
+
+def test_config_file_and_overrides_land_in_config_yaml(cli, tmp_path):
+    (tmp_path / "my.yaml").write_text("mask:\n  kind: random\n  ratio: 0.5\noptim:\n  steps: 2\n")
+    out = tmp_path / "run"
+    result = cli("pretrain", "--target", "pixels", "--preset", "smoke", "--config", "my.yaml",
+                 "--set", "optim.lr=3e-4", "--out", out)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["mask"] == {**config["mask"], "kind": "random", "ratio": 0.5}
+    assert config["optim"]["steps"] == 2 and config["optim"]["lr"] == 3e-4
+
+
+def _fails_cleanly(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in message, message
+    return message
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target", "pixelz"], ["unknown target 'pixelz'", "did you mean 'pixels'"]),
+    (["--set", "optim.lrr=3"], ["unknown config key 'optim.lrr'", "did you mean 'lr'"]),
+    (["--set", "optm.lr=3"], ["unknown config section 'optm'", "did you mean 'optim'"]),
+    (["--set", "optim.lr=fast"], ["'optim.lr' must be a number"]),
+    (["--set", "optim.steps=1.5"], ["'optim.steps' must be an integer"]),
+    (["--set", "mask.kind=blocks"], ["'mask.kind' must be one of", "did you mean 'block'"]),
+    (["--set", "target.layr=3"], ["unknown config key 'target.layr'"]),
+    (["--preset", "smok"], ["unknown preset 'smok'", "did you mean 'smoke'"]),
+    (["--set", "data.name=folder", "--set", "data.root=/no/such/folder"], ["/no/such/folder", "does not exist"]),
+    (["--config", "missing.yaml"], ["missing.yaml"]),
+])
+def test_bad_inputs_fail_with_one_sentence(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    defaults = [*(["--preset", "smoke"] if "--preset" not in args else []),
+                *(["--target", "pixels"] if "--target" not in args else [])]
+    result = CliRunner().invoke(main, ["run", *defaults, "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    message = result.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in message, message
+    assert not (tmp_path / "r").exists()  # nothing half-made
+
+
+def test_empty_folder_and_corrupt_image(cli, tmp_path, image_folder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["run", "--preset", "smoke", "--target", "pixels", "--set", "data.name=folder",
+            "--set", "optim.batch_size=4"]
+    _fails_cleanly(cli(*base, "--set", f"data.root={empty}", "--out", tmp_path / "r1"),
+                   "holds no images")
+    bad = image_folder / "a" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    _fails_cleanly(cli(*base, "--set", f"data.root={image_folder}", "--out", tmp_path / "r2"),
+                   "broken.png", "skip_corrupt")
+    result = cli(*base, "--set", f"data.root={image_folder}", "--set", "data.skip_corrupt=true",
+                 "--out", tmp_path / "r3")
+    assert result.returncode == 0, result.stderr
+
+
+def test_non_finite_loss_stops_with_advice_and_keeps_files(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--preset", "smoke", "--target", "pixels", "--out", out,
+                 "--set", "optim.lr=1e30", "--set", "optim.clip_grad=null")
+    _fails_cleanly(result, "loss became", "lower optim.lr")
+    assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists()
+
+
+def test_debug_shows_the_traceback(cli):
+    result = cli("--debug", "run", "--preset", "smoke", "--target", "pixelz")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_existing_run_directory_is_not_overwritten(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", out).returncode == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    _fails_cleanly(cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", out),
+                   "already holds a run", "--resume")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    result = cli("pretrain", "--resume", out)  # a finished run resumes as a no-op
+    assert result.returncode == 0, result.stderr
+
+
+def test_targets_list_json(cli):
+    result = cli("targets", "list", "--json")
+    rows = json.loads(result.stdout)
+    names = {r["name"] for r in rows}
+    assert {"clip", "dvae", "pixels", "timm"} <= names
+    assert all(r["source"] for r in rows)

@@ -1,0 +1,50 @@
+import pytest
+
+from mimbench import config as cfg
+from mimbench.errors import ConfigError
+
+
+def test_defaults_are_the_tiny_preset():
+    assert cfg.resolve("tiny") == cfg.apply(cfg.Config(), {})
+    assert cfg.Config().student.grid == (8, 8)
+
+
+def test_paper_preset_is_beits_recipe():
+    """BEiT ViT-B/16 pre-training as PROTOCOLS.md lists it."""
+    c = cfg.resolve("paper", target="clip")
+    s, m, o, d = c.student, c.mask, c.optim, c.data
+    assert (s.img_size, s.patch_size, s.embed_dim, s.depth, s.num_heads) == (224, 16, 768, 12, 12)
+    assert s.grid == (14, 14) and s.drop_path == 0.1 and s.layer_scale == 0.1
+    assert s.extra["use_shared_rel_pos_bias"] is True
+    assert (m.kind, m.count(s.grid), m.min_block, m.min_aspect) == ("block", 75, 16, 0.3)
+    assert (o.batch_size, o.lr, o.betas, o.weight_decay) == (2048, 1.5e-3, (0.9, 0.999), 0.05)
+    assert (o.epochs, o.warmup_epochs, o.clip_grad, o.steps) == (300, 10, 3.0, None)
+    assert d.crop_scale == (0.08, 1.0) and d.hflip and d.color_jitter == 0.4
+
+
+def test_override_types_and_yaml_round_trip():
+    c = cfg.resolve("smoke", target="pixels", overrides=(
+        "optim.lr=3e-4", "optim.betas=[0.9, 0.95]", "mask.num_masked=10", "optim.clip_grad=null",
+        "target.normalize=false"))
+    assert c.optim.lr == 3e-4 and c.optim.betas == (0.9, 0.95) and c.mask.num_masked == 10
+    assert c.optim.clip_grad is None
+    assert c.target.options == {"normalize": False}
+    assert cfg.from_dict(cfg.to_dict(c)) == c
+    assert cfg.diff(c, cfg.resolve("smoke", target="pixels"))["optim.lr"] == 3e-4
+
+
+def test_changing_the_target_name_drops_the_old_targets_options():
+    c = cfg.resolve("smoke", target="pixels", overrides=("target.normalize=false",))
+    c = cfg.apply(c, {"target": {"name": "clip"}})
+    assert c.target.options == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr", "section.key=value"),
+    ("optim.betas=[1]", "list of 2"),
+    ("run.seed=true", "integer"),
+    ("data.hflip=1", "true or false"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg.resolve("smoke", target="pixels", overrides=(override,))

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from mimbench import config as cfg, engine
+from mimbench.data.views import MIMViews, StreamSampler
+from mimbench.engine import RunDir, lr_at, pretrain, schedule
+from mimbench.errors import ConfigError, TrainingDiverged
+from mimbench.masking import RandomMasking
+from mimbench.targets import register_target
+from mimbench.targets.pixels import PixelTarget
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0, 0.0) for s in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_schedule_from_epochs_and_lr_scaling():
+    c = cfg.resolve("paper", target="pixels", overrides=("optim.batch_size=256", "optim.accum_steps=2"))
+    plan = schedule(c, dataset_size=1_281_167)
+    assert plan["effective_batch"] == 512
+    assert plan["steps_per_epoch"] == 1_281_167 // 512
+    assert plan["total_steps"] == 300 * (1_281_167 // 512)
+    assert plan["warmup_steps"] == 10 * (1_281_167 // 512)
+    assert plan["peak_lr"] == pytest.approx(1.5e-3 * 512 / 2048)
+
+
+def test_stream_sampler_splits_one_stream_across_ranks():
+    one = StreamSampler(10, seed=3)
+    single = [x for _, x in zip(range(30), iter(one))]
+    ranks = [[x for _, x in zip(range(15), iter(StreamSampler(10, 3, rank=r, world_size=2)))] for r in (0, 1)]
+    interleaved = [x for pair in zip(*ranks) for x in pair]
+    assert interleaved == single
+    assert sorted(i for _, i in single[:10]) == list(range(10))  # an epoch is a permutation
+    restarted = [x for _, x in zip(range(10), iter(StreamSampler(10, 3, start=20)))]
+    assert restarted == single[20:]
+
+
+def test_views_are_two_sizes_of_the_same_crop():
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((256, 256))
+    views = MIMViews(32, 64, "bicubic", RandomMasking((4, 4), 5), crop_scale=(0.2, 0.6), hflip=True)
+    out = views(image, torch.Generator().manual_seed(1))
+    student = out["student"] * views.std + views.mean  # back to [0, 1]
+    teacher_small = torch.nn.functional.avg_pool2d(out["teacher"][None], 2)[0]
+    assert out["teacher"].shape == (3, 64, 64) and out["mask"].shape == (16,)
+    assert (student - teacher_small).abs().mean() < 0.03
+    other = views(image, torch.Generator().manual_seed(2))["teacher"]
+    assert (other - out["teacher"]).abs().mean() > 0.05
+
+
+@register_target("nan_after_3")
+class NanAfterThree(PixelTarget):
+    """Pixels, then NaN from the fourth call on: a stand-in for a diverging target."""
+
+    calls = 0
+
+    def __call__(self, view):
+        NanAfterThree.calls += 1
+        out = super().__call__(view)
+        return out if NanAfterThree.calls <= 3 else out * float("nan")
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    c = cfg.resolve("smoke", target="nan_after_3", overrides=("run.checkpoint_every=2",))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        pretrain(c, run)
+    saved = torch.load(run.checkpoint, weights_only=True)
+    assert saved["step"] == 2
+
+
+def test_teacher_gets_no_gradients_and_stays_in_eval_mode(tmp_path, monkeypatch):
+    """A real provider with parameters: the timm target on a tiny random ViT."""
+    c = cfg.resolve("smoke", target="timm", overrides=(
+        "target.model=vit_tiny_patch16_224", "target.input_size=32", "target.weights=null",
+        "optim.steps=1"))
+    seen = {}
+    original = engine.build_target_for
+
+    def spy(config):
+        seen["provider"] = original(config)
+        return seen["provider"]
+
+    monkeypatch.setattr(engine, "build_target_for", spy)
+    with pytest.raises(ConfigError, match="2x2 token grid but the student has 4x4"):
+        pretrain(c, RunDir(tmp_path / "bad"))
+    c = cfg.apply(c, {"student": {"patch_size": 16}})
+    pretrain(c, RunDir(tmp_path / "run"))
+    provider = seen["provider"]
+    assert not provider.training
+    params = list(provider.parameters())
+    assert params and all(not p.requires_grad and p.grad is None for p in params)
+    out = provider(torch.rand(2, 3, 32, 32))
+    assert not out.requires_grad and out.grad_fn is None
