@@ -42,7 +42,7 @@ def clip_target(model: str = "ViT-B-16", weights: str | None = "openai", layer: 
         if "not found" in str(e) and "Model config" in str(e):
             raise ConfigError(f"open_clip has no model '{model}'; see open_clip.list_models().") from None
         raise
-    visual = net.visual
+    visual = net.visual.eval()  # before any forward: a ResNet tower's BatchNorm must not update
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
     size = input_size or size
     if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):

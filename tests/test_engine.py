@@ -8,7 +8,8 @@ from mimbench.data.views import MIMViews, StreamSampler
 from mimbench.engine import RunDir, lr_at, pretrain, schedule
 from mimbench.errors import ConfigError, TrainingDiverged
 from mimbench.masking import RandomMasking
-from mimbench.targets import register_target
+from mimbench.registry import Entry
+from mimbench.targets import TARGETS
 from mimbench.targets.pixels import PixelTarget
 
 
@@ -57,7 +58,6 @@ def test_views_are_two_sizes_of_the_same_crop():
     assert (other - out["teacher"]).abs().mean() > 0.05
 
 
-@register_target("nan_after_3")
 class NanAfterThree(PixelTarget):
     """Pixels, then NaN from the fourth call on: a stand-in for a diverging target."""
 
@@ -69,7 +69,8 @@ class NanAfterThree(PixelTarget):
         return out if NanAfterThree.calls <= 3 else out * float("nan")
 
 
-def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(TARGETS._entries, "nan_after_3", Entry("nan_after_3", "test", NanAfterThree))
     c = cfg.resolve("smoke", target="nan_after_3", overrides=("run.checkpoint_every=2",))
     run = RunDir(tmp_path / "run")
     with pytest.raises(TrainingDiverged, match="step 3"):

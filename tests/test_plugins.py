@@ -1,0 +1,142 @@
+"""The plugin API: registration, the contract checker, and the example plugin installed for real."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimbench.errors import ConfigError
+from mimbench.registry import Registry
+from mimbench.targets import TARGETS, TargetSpec, build_target, register_target
+from mimbench.testing import TargetContractError, check_target_provider
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "examples" / "plugins" / "mimbench-hog"
+
+
+@pytest.fixture(scope="module")
+def small_options(tmp_path_factory):
+    """Options that build each built-in target small and offline."""
+    import dall_e
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("teachers")
+    cfg = {"embed_dim": 32, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
+                                           "image_size": 32},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    torch.save(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_pytorch_model.bin")
+    torch.save(dall_e.Encoder(n_hid=64, vocab_size=512), folder / "encoder.pkl")
+    return {
+        "clip": {"model": f"local-dir:{folder}", "weights": None, "layer": 2},
+        "dvae": {"weights": str(folder / "encoder.pkl"), "grid": (4, 4)},
+        "pixels": {"img_size": 32, "patch_size": 8},
+        "timm": {"model": "vit_tiny_patch16_224", "weights": None, "input_size": 32},
+    }
+
+
+@pytest.mark.parametrize("name", TARGETS.names())
+def test_every_registered_target_keeps_the_contract(name, small_options):
+    provider = build_target(name, **small_options.get(name, {}))
+    check_target_provider(provider, name=name)
+
+
+class GoodTarget:
+    def __init__(self, kind="features", shape_fix=None, dtype=None, grid=(2, 2)):
+        self.spec = TargetSpec(kind=kind, dim=5, grid=grid, input_size=16,
+                               loss="ce" if kind == "tokens" else "mse")
+        self.shape_fix, self.dtype = shape_fix, dtype
+
+    @torch.inference_mode()
+    def __call__(self, view):
+        b = view.shape[0]
+        n = self.spec.grid[0] * self.spec.grid[1]
+        out = view.mean((1, 2, 3)).view(b, 1, 1).expand(b, n, 5).clone()
+        if self.spec.kind == "tokens":
+            out = (out[..., 0] * 4).long()
+        if self.shape_fix:
+            out = self.shape_fix(out)
+        return out.to(self.dtype) if self.dtype else out
+
+
+def test_contract_accepts_a_good_provider():
+    check_target_provider(GoodTarget(), name="good")
+    check_target_provider(GoodTarget("tokens"), name="good-tokens", grid=(2, 2))
+
+
+@pytest.mark.parametrize("provider, words", [
+    (GoodTarget(shape_fix=lambda x: x[:, :3]), "shape [B, N, dim]"),
+    (GoodTarget("tokens", dtype=torch.int32), "must be int64"),
+    (GoodTarget(dtype=torch.int64), "floating point"),
+    (GoodTarget(shape_fix=lambda x: x * float("nan")), "NaN"),
+])
+def test_contract_rejects_broken_providers_by_name(provider, words):
+    with pytest.raises(TargetContractError, match=rf"target 'broken': .*{re.escape(words)}"):
+        check_target_provider(provider, name="broken")
+
+
+def test_contract_rejects_grid_mismatch_and_graphs():
+    with pytest.raises(TargetContractError, match="target 'g': its grid 2x2 differs from the student's 4x4"):
+        check_target_provider(GoodTarget(), name="g", grid=(4, 4))
+
+    class Leaky(torch.nn.Module):
+        spec = TargetSpec(kind="features", dim=3, grid=(1, 1), input_size=4)
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 3)
+
+        def forward(self, view):
+            return self.proj(view.mean((2, 3))).unsqueeze(1)
+
+    with pytest.raises(TargetContractError, match="target 'leaky': some parameters require grad"):
+        check_target_provider(Leaky(), name="leaky")
+    leaky = Leaky().requires_grad_(False)
+    with pytest.raises(TargetContractError, match="autograd graph"):
+        check_target_provider(leaky, name="leaky")
+
+
+def test_decorator_registration_and_duplicate_names():
+    registry = Registry("target")
+    registry.register("a", source="package 'one'")(GoodTarget)
+    with pytest.raises(ConfigError, match="two targets are named 'a': one from package 'one' and one from package 'two'"):
+        registry.register("a", source="package 'two'")(dict)
+
+    @register_target("in-process-example")
+    class InProcess(GoodTarget):
+        pass
+
+    assert TARGETS.get("in-process-example").source == f"module '{__name__}'"
+    check_target_provider(build_target("in-process-example"), name="in-process-example")
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """pip-install the example plugin into its own folder (a real wheel with its entry point)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True)
+    return {"PYTHONPATH": str(target)}
+
+
+def test_example_plugin_lists_and_runs(installed_plugin, tmp_path):
+    listed = run_cli("targets", "list", "--json", env=installed_plugin)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["hog"]["source"] == "package 'mimbench-hog'"
+    out = tmp_path / "run"
+    result = run_cli("run", "--target", "hog", "--preset", "smoke", "--out", out, env=installed_plugin)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "results.json").read_text())["target"]["dim"] == 36
+
+
+def test_listing_does_not_import_plugins(installed_plugin):
+    code = ("import sys; from mimbench.targets import TARGETS; TARGETS.names(); "
+            "print('mimbench_hog' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], env={**__import__('os').environ, **installed_plugin},
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "False"
