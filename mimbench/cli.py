@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from mimbench import __version__
 from mimbench import config as cfg
+from mimbench.engine import RunDir
 from mimbench.errors import MimbenchError
 
 console = Console(stderr=True)
@@ -73,23 +75,36 @@ def _pretrain(target, preset, config_file, overrides, out, resume):
                        resume=False)
     console.print(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]",
                   highlight=False)
-    with progress_bar() as bar:
-        task = bar.add_task("pre-training", total=None, loss=float("nan"), ips=0.0)
-
-        def report(step, total, metrics):
-            bar.update(task, completed=step, total=total, loss=metrics.get("loss", float("nan")),
-                       ips=metrics.get("img_per_s", bar.tasks[task].fields["ips"]))
-
+    with ProgressBars() as report:
         results = pretrain(config, run, report)
     return run, results
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("step {task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, transient=False)
+class ProgressBars:
+    """One rich bar per task name (teacher builds, pre-training, evaluations): step, loss,
+    img/s, elapsed time and ETA."""
+
+    def __init__(self):
+        self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(),
+                             TextColumn("step {task.completed}/{task.total}"),
+                             TextColumn("loss {task.fields[loss]:.4f}"),
+                             TextColumn("{task.fields[ips]:>5.0f} img/s"), TimeElapsedColumn(),
+                             TextColumn("ETA"), TimeRemainingColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bars.__exit__(*exc)
+
+    def __call__(self, name: str, step: int, total: int, metrics: dict) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bars.add_task(name, total=total, loss=float("nan"), ips=0.0)
+        task = self.tasks[name]
+        self.bars.update(task, completed=step, total=total, loss=metrics.get("loss", float("nan")),
+                         ips=metrics.get("img_per_s", self.bars.tasks[task].fields["ips"]))
 
 
 def print_results(run, results: dict) -> None:
@@ -105,7 +120,9 @@ def print_results(run, results: dict) -> None:
     for name, ev in results.get("evals", {}).items():
         for key, value in ev.items():
             if isinstance(value, float):
-                table.add_row(f"{name}.{key}", f"{value:.2f}")
+                chance = ev.get("card", {}).get("chance")
+                note = f" (chance {chance:.1f})" if chance else ""
+                table.add_row(f"{name}.{key}", f"{value:.2f}{note}")
     Console().print(table)
 
 
@@ -120,9 +137,65 @@ def pretrain(target, preset, config_file, overrides, out, resume):
 @main.command()
 @config_options
 def run(target, preset, config_file, overrides, out, resume):
-    """Pre-train, then run the preset's evaluations; prints a results table."""
+    """Pre-train, then run the evaluations in run.evals; prints a results table."""
+    from mimbench.evals import run_evals
+
     run_dir, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    config = cfg.from_dict(cfg.load_yaml(run_dir.config))
+    if config.run.evals:
+        with ProgressBars() as report:
+            results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
+                                preset)
     print_results(run_dir, results)
+
+
+@main.command("eval")
+@click.argument("evaluation", type=click.Choice(["linear"]))
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True),
+              help="A run directory or checkpoint file to evaluate.")
+@click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random init).")
+@click.option("--preset", default="tiny", show_default=True, help="Preset for data and protocol settings.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where results.json goes (default: the run directory).")
+def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
+    """Evaluate a checkpoint or a timm model with one protocol; writes results.json."""
+    from mimbench.evals import run_evals
+
+    if bool(checkpoint_path) == bool(model):
+        raise MimbenchError("give exactly one of --checkpoint and --model.")
+    config = cfg.resolve(preset, overrides=tuple(overrides))
+    if checkpoint_path:
+        saved = Path(checkpoint_path) / "config.yaml" if Path(checkpoint_path).is_dir() else None
+        if saved is not None and saved.exists():  # evaluate with the shape the run was trained at
+            config = cfg.apply(config, {"student": cfg.to_dict(cfg.from_dict(cfg.load_yaml(saved)))["student"]})
+    out = Path(out or (checkpoint_path if checkpoint_path and Path(checkpoint_path).is_dir() else
+                       f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"))
+    with ProgressBars() as report:
+        results = run_evals([evaluation], config, checkpoint_path or model, out, report, preset)
+    print_results(RunDir(out), results)
+
+
+@main.group()
+def teachers():
+    """Build and inspect the tiny teachers trained in-project on the world."""
+
+
+@teachers.command("build")
+@click.argument("name")
+@click.option("--rebuild", is_flag=True, help="Train again even if a cached teacher exists.")
+def teachers_build(name, rebuild):
+    """Train teacher NAME (clip, dvae, clip-smoke, dvae-smoke) unless cached; print its quality."""
+    from mimbench import teachers as registry
+
+    with ProgressBars() as report:
+        folder, quality = registry.ensure(name, report, rebuild=rebuild)
+    table = Table(title=f"teacher {name}: {folder}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in quality.items():
+        if isinstance(value, (int, float)):
+            table.add_row(key, f"{value:.4g}")
+    Console().print(table)
 
 
 @main.group()

@@ -95,6 +95,33 @@ class RunConfig:
     teacher_amp: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 200
     log_every: int = 10
+    evals: tuple[str, ...] = ("linear",)  # what `mimbench run` evaluates after pre-training
+
+
+@dataclass(frozen=True)
+class EvalDataConfig:
+    """The labelled data of the evaluations: a dataset name, its train/val options."""
+
+    name: str = "world"
+    train: dict = field(default_factory=lambda: {"split": "train"})
+    val: dict = field(default_factory=lambda: {"split": "val"})
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig:
+    protocol: Literal["lbfgs", "mae"] = "lbfgs"  # CLIP's logistic regression, or MAE's BN + linear
+    block: int = -1  # zero-based feature block, negative from the end
+    pooling: Literal["avg", "cls"] = "avg"  # average of patch tokens (BEiT) or cls token (MAE)
+    # lbfgs: L2 strength chosen on a held-out fraction of train, then refit on all of train
+    regularisation: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    holdout: float = 0.2
+    max_iter: int = 300
+    # mae: BatchNorm without affine + linear, SGD with momentum, warmup then cosine
+    epochs: int = 90
+    warmup_epochs: int = 10
+    batch_size: int = 256
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,11 +132,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-SECTION_TYPES = {"student": StudentConfig, "mask": MaskConfig, "target": TargetConfig,
-                 "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 OPEN_SECTIONS = {"target", "data"}  # sections whose unknown keys are the entry's own options
 
 PRESETS: dict[str, dict] = {
@@ -119,6 +146,10 @@ PRESETS: dict[str, dict] = {
     "smoke": {
         "student": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
         "mask": {"min_block": 2},
+        "data": {"image_size": 32, "length": 512},
+        "eval_data": {"train": {"split": "train", "image_size": 32, "length": 256},
+                      "val": {"split": "val", "image_size": 32, "length": 128}},
+        "linear": {"regularisation": (1e-4, 1e-2), "max_iter": 50},
         "optim": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "lr": 1e-3},
         "run": {"checkpoint_every": 3, "log_every": 1},
     },
@@ -137,6 +168,23 @@ PRESETS: dict[str, dict] = {
                   "lr_base_batch": 2048, "min_lr": 1e-5, "warmup_steps": None, "warmup_epochs": 10,
                   "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
         "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50},
+        "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None}},
+        # MAE's linear probe (PROTOCOLS.md); LARS is replaced by SGD with momentum
+        "linear": {"protocol": "mae", "pooling": "cls", "block": -1, "batch_size": 16384,
+                   "base_lr": 0.1, "epochs": 90, "warmup_epochs": 10, "weight_decay": 0.0},
+    },
+}
+
+# Per preset and target: the options that make a target fit the preset's world and student.
+# "teacher:NAME" is a teacher trained in-project (mimbench.teachers), built on first use.
+TARGET_DEFAULTS: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "clip": {"model": "teacher:clip", "weights": None, "layer": 2, "loss": "mse"},
+        "dvae": {"weights": "teacher:dvae"},
+    },
+    "smoke": {
+        "clip": {"model": "teacher:clip-smoke", "weights": None, "layer": 2, "loss": "mse"},
+        "dvae": {"weights": "teacher:dvae-smoke"},
     },
 }
 
@@ -167,6 +215,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"'{key}' must be a list, not {value!r}.")
+            return tuple(_coerce(v, args[0], key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"'{key}' must be a list of {len(args)} values, not {value!r}.")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
@@ -275,10 +327,13 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
         raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, PRESETS)}; "
                           f"presets are: {', '.join(PRESETS)}.")
     config = apply(Config(), PRESETS[preset])
-    if config_file is not None:
-        config = apply(config, load_yaml(config_file))
+    from_file = load_yaml(config_file) if config_file is not None else {}
+    config = apply(config, from_file)
     if target is not None:
         config = apply(config, {"target": {"name": target}})
+    chosen = (from_file.get("target") or {}) if target is None else {}
+    defaults = TARGET_DEFAULTS.get(preset, {}).get(config.target.name, {})
+    config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     for text in overrides:
         config = apply(config, parse_override(text))
     check_options(config)

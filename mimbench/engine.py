@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from mimbench import checkpoint, config as cfg
+from mimbench import checkpoint, config as cfg, teachers
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler
@@ -25,7 +25,7 @@ from mimbench.student import Student, no_weight_decay_names
 from mimbench.targets import TARGETS
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[int, int, dict], None]  # (step, total steps, latest metrics)
+ProgressFn = Callable[[str, int, int, dict], None]  # (task, step, total steps, latest metrics)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,14 +34,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_target_for(config: Config):
+def build_target_for(config: Config, progress: ProgressFn | None = None):
     """The target of `config`, given the student's img_size/patch_size/grid where its factory
-    takes them and the user did not set them."""
+    takes them and the user did not set them; in-project teachers are built on first use."""
     factory = TARGETS.get(config.target.name).factory
     params = inspect.signature(factory).parameters
     context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
                "grid": config.student.grid}
-    options = {k: v for k, v in context.items() if k in params} | config.target.options
+    options = {k: v for k, v in context.items() if k in params}
+    options |= teachers.resolve_references(config.target.options, progress)
     provider = factory(**options)
     spec = provider.spec
     if tuple(spec.grid) != config.student.grid:
@@ -137,7 +138,7 @@ def open_run(out: str | Path, resume: bool) -> RunDir:
 def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) -> dict:
     """Pre-train (or continue) the run in `run`; returns the results written to results.json."""
     device = resolve_device(config.run.device)
-    provider = build_target_for(config)
+    provider = build_target_for(config, progress)
     spec = provider.spec
     loss_name = config.target.loss or spec.loss
     check_loss(loss_name, spec.kind, config.target.name)
@@ -225,7 +226,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
                                     "rng": torch.get_rng_state(), "config": cfg.to_dict(config)},
                                    run.checkpoint)
         if progress:
-            progress(done, total, metrics)
+            progress("pre-training", done, total, metrics)
 
     results = {"pretrain": {"steps": total, "final_loss": metrics["loss"], "loss": loss_name,
                             "wall_time_s": time.perf_counter() - started, **plan},

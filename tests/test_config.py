@@ -5,8 +5,16 @@ from mimbench.errors import ConfigError
 
 
 def test_defaults_are_the_tiny_preset():
-    assert cfg.resolve("tiny") == cfg.apply(cfg.Config(), {})
+    assert cfg.resolve("tiny", target="pixels") == cfg.apply(cfg.Config(), {"target": {"name": "pixels"}})
     assert cfg.Config().student.grid == (8, 8)
+
+
+def test_preset_target_defaults_yield_to_the_user():
+    c = cfg.resolve("tiny", target="clip")
+    assert c.target.options["model"] == "teacher:clip" and c.target.loss == "mse"
+    c = cfg.resolve("tiny", target="clip", overrides=("target.layer=3", "target.loss=cosine"))
+    assert c.target.options["layer"] == 3 and c.target.loss == "cosine"
+    assert cfg.resolve("tiny", target="pixels").target.options == {}
 
 
 def test_paper_preset_is_beits_recipe():

@@ -11,14 +11,21 @@ difficulty 2: one to three occluding textured objects on a striped, noisy backgr
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mimbench.data import DATASETS
 from mimbench.errors import DataError
+from mimbench.weights import cache_dir
+
+log = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "star", "hexagon")
 COLOURS = {  # name -> RGB; a scene jitters them slightly so no exact value identifies a colour
@@ -31,7 +38,7 @@ TEXTURES = ("plain", "striped", "dotted")
 SPLITS = {"teacher": 0, "pretrain": 1, "train": 2, "val": 3}  # disjoint index ranges
 SPLIT_STRIDE = 10_000_000
 DEFAULT_LENGTH = {"teacher": 20_000, "pretrain": 20_000, "train": 5_000, "val": 2_000}
-RENDER_SCALE = 4  # draw large, then downsample: anti-aliased edges
+RENDER_SCALE = 2  # draw large, then downsample: anti-aliased edges
 
 
 @dataclass
@@ -39,7 +46,28 @@ class Scene:
     image: np.ndarray  # [S, S, 3] uint8
     mask: np.ndarray  # [S, S] uint8, 0 = background, k = SHAPES[k - 1]
     label: int  # class of the largest visible object, 0-based
-    caption: str
+    objects: list[dict]  # visible objects: shape, size, colour, texture, position words
+
+    @property
+    def caption(self) -> str:
+        return describe(self.objects)
+
+
+def describe(objects: list[dict], drop: float = 0.0, rng: np.random.Generator | None = None) -> str:
+    """'a small red striped triangle at the top left and a large blue ring'. With `drop`, each
+    attribute other than the shape is left out with that probability (a caption augmentation
+    that stops a CLIP teacher matching captions by colour and position alone)."""
+    phrases = []
+    for o in objects:
+        keep = {k: drop == 0 or rng.random() >= drop for k in ("size", "colour", "texture", "where")}
+        words = ["a"]
+        words += [o["size"]] if keep["size"] else []
+        words += [o["colour"]] if keep["colour"] else []
+        words += [o["texture"]] if keep["texture"] and o["texture"] != "plain" else []
+        words += [o["shape"]]
+        words += [o["where"]] if keep["where"] else []
+        phrases.append(" ".join(words))
+    return " and ".join(phrases)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -90,8 +118,8 @@ def _position_words(cx: float, cy: float, size: float) -> str:
 class World:
     """Scenes of one split. Item i is (PIL image, label); `scene(i)` adds mask and caption."""
 
-    def __init__(self, split: str = "pretrain", length: int | None = None, image_size: int = 32,
-                 difficulty: int = 0, seed: int = 0):
+    def __init__(self, split: str = "pretrain", length: int | None = None, image_size: int = 64,
+                 difficulty: int = 0, seed: int = 0, cache: bool = True):
         if split not in SPLITS:
             raise DataError(f"world split must be one of {', '.join(SPLITS)}, not {split!r}.")
         if difficulty not in (0, 1, 2):
@@ -101,13 +129,43 @@ class World:
         if not 0 < self.length <= SPLIT_STRIDE:
             raise DataError(f"world length must be between 1 and {SPLIT_STRIDE}, not {length}.")
         self.classes = list(SHAPES)
+        self._arrays = self._load_or_render() if cache else None
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int):
+        if self._arrays is not None:
+            images, _, labels = self._arrays
+            return Image.fromarray(images[i]), int(labels[i])
         scene = self.scene(i)
         return Image.fromarray(scene.image), scene.label
+
+    def mask(self, i: int) -> np.ndarray:
+        """[S, S] uint8 class map of scene i (0 = background)."""
+        return self._arrays[1][i] if self._arrays is not None else self.scene(i).mask
+
+    def _load_or_render(self):
+        """Images, masks and labels as uint8 arrays, rendered once into the cache directory."""
+        key = f"v1-s{self.seed}-{self.split}-n{self.length}-px{self.image_size}-d{self.difficulty}"
+        folder = cache_dir() / "world" / key
+        if not (folder / "labels.npy").exists():
+            log.info("rendering %d world scenes into %s", self.length, folder)
+            images = np.empty((self.length, self.image_size, self.image_size, 3), np.uint8)
+            masks = np.empty((self.length, self.image_size, self.image_size), np.uint8)
+            labels = np.empty(self.length, np.int64)
+            for i in range(self.length):
+                scene = self.scene(i)
+                images[i], masks[i], labels[i] = scene.image, scene.mask, scene.label
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".render-"))
+            for name, array in (("images", images), ("masks", masks), ("labels", labels)):
+                np.save(tmp / f"{name}.npy", array)
+            try:
+                tmp.rename(folder)  # atomic; another process may have won the race
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return tuple(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("images", "masks", "labels"))
 
     def scene(self, i: int) -> Scene:
         if not 0 <= i < self.length:
@@ -125,8 +183,7 @@ class World:
         areas = np.bincount(mask.ravel(), minlength=len(SHAPES) + 1)[1:]
         visible = [o for o in objects if areas[o["cls"]] > 0] or objects
         largest = max(visible, key=lambda o: areas[o["cls"]])
-        caption = " and ".join(o["words"] for o in visible)
-        return Scene(np.asarray(image), mask, largest["cls"], caption)
+        return Scene(np.asarray(image), mask, largest["cls"], [o["words"] for o in visible])
 
     def _background(self, rng: np.random.Generator, big: int) -> np.ndarray:
         base = rng.integers(40, 216, size=3)
@@ -164,8 +221,8 @@ class World:
         image.paste(layer, (0, 0), shape_mask)
         labels.paste(cls + 1, None, shape_mask)
         size_word = "small" if scale < 0.26 else ("large" if scale > 0.34 else "medium")
-        tex_word = "" if texture == "plain" else f"{texture} "
-        words = f"a {size_word} {colour} {tex_word}{shape} {_position_words(cx, cy, big)}"
+        words = {"shape": shape, "size": size_word, "colour": colour, "texture": texture,
+                 "where": _position_words(cx, cy, big)}
         return {"cls": cls, "words": words}
 
     @staticmethod

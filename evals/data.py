@@ -1,0 +1,52 @@
+"""Labelled images for the evaluations, resized and normalised as the student saw them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from mimbench.data import build_dataset
+from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
+
+
+def eval_dataset(config, split: str):
+    options = getattr(config.eval_data, split)
+    return build_dataset(config.eval_data.name, **options)
+
+
+def to_student_input(image: Image.Image, size: int) -> torch.Tensor:
+    """PIL -> [3, size, size] normalised with the student's statistics."""
+    x = TF.to_tensor(image.resize((size, size), Image.BICUBIC))
+    return TF.normalize(x, STUDENT_MEAN, STUDENT_STD)
+
+
+def fingerprint(dataset, name: str, options: dict) -> str:
+    """A short hash of what a split holds: its options, size, labels and some pixels."""
+    digest = hashlib.sha256(json.dumps([name, options, len(dataset)], sort_keys=True).encode())
+    probe = sorted({0, len(dataset) // 2, len(dataset) - 1})
+    for i in probe:
+        image, label = dataset[i]
+        digest.update(np.asarray(image).tobytes())
+        digest.update(str(label).encode())
+    return digest.hexdigest()[:16]
+
+
+class Batches:
+    """Iterate (images [B, 3, S, S], labels [B]) over a dataset in order."""
+
+    def __init__(self, dataset, size: int, batch_size: int = 256):
+        self.dataset, self.size, self.batch_size = dataset, size, batch_size
+
+    def __len__(self):
+        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            items = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
+            yield (torch.stack([to_student_input(im, self.size) for im, _ in items]),
+                   torch.tensor([label for _, label in items]))

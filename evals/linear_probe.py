@@ -1,0 +1,155 @@
+"""Linear probing on frozen features: CLIP's L-BFGS logistic regression or MAE's BN + linear."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mimbench.errors import DataError
+from mimbench.evals.backbone import pooled_features
+from mimbench.evals.data import Batches, eval_dataset, fingerprint
+from mimbench.targets.frozen import block_index
+
+log = logging.getLogger(__name__)
+REFERENCES = {  # PROTOCOLS.md: ViT-B/16, ImageNet-1k
+    "paper": {"mvp_300ep": 75.4, "beit_800ep": 56.7, "tolerance": 1.0, "dataset": "ImageNet-1k"},
+}
+
+
+@torch.no_grad()
+def extract(encoder, dataset, size: int, block: int, pooling: str, progress=None, task="features"):
+    """Features [M, D] and labels [M] of a whole dataset."""
+    encoder.eval()
+    features, labels = [], []
+    batches = Batches(dataset, size)
+    for i, (images, y) in enumerate(batches):
+        features.append(pooled_features(encoder, images, block, pooling))
+        labels.append(y)
+        if progress:
+            progress(task, i + 1, len(batches), {})
+    return torch.cat(features).float(), torch.cat(labels)
+
+
+def cached_features(encoder, dataset, size, block, pooling, cache: Path | None, key: str, **kw):
+    """`extract`, stored under `cache` (a run's features/ folder) by a key of everything it depends on."""
+    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        return saved["features"], saved["labels"]
+    features, labels = extract(encoder, dataset, size, block, pooling, **kw)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"features": features, "labels": labels}, tmp)
+        tmp.replace(path)
+    return features, labels
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_iter: int):
+    """Multinomial logistic regression by L-BFGS: minimise CE + l2 * ||W||^2. Returns (W, b)."""
+    w = torch.zeros(x.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
+    """CLIP's protocol: choose the L2 strength on a held-out part of train, refit on all of it."""
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    cut = int(len(order) * (1 - cfg.holdout))
+    fit, hold = order[:cut], order[cut:]
+    scores = {}
+    for l2 in cfg.regularisation:
+        w, b = fit_logistic(train_x[fit], train_y[fit], classes, l2, cfg.max_iter)
+        scores[l2] = ((train_x[hold] @ w + b).argmax(1) == train_y[hold]).float().mean().item()
+    best = max(scores, key=lambda l2: (scores[l2], l2))  # ties: the stronger regularisation
+    w, b = fit_logistic(train_x, train_y, classes, best, cfg.max_iter)
+    top1 = ((val_x @ w + b).argmax(1) == val_y).float().mean().item() * 100
+    return top1, {"chosen_regularisation": best, "holdout_accuracy": scores}
+
+
+def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
+    """MAE's protocol on cached features: BatchNorm without affine, a linear layer, SGD with
+    momentum 0.9, lr = base_lr * batch / 256, linear warmup then cosine, per step."""
+    torch.manual_seed(seed)
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6),
+                               torch.nn.Linear(train_x.shape[1], classes))
+    torch.nn.init.trunc_normal_(head[1].weight, std=0.01)
+    torch.nn.init.zeros_(head[1].bias)
+    lr = cfg.base_lr * cfg.batch_size / 256
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(train_x), generator=g)
+        for i in range(steps_per_epoch):
+            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            scale = (step + 1) / warmup if step < warmup else \
+                0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+            head.train()
+            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    head.eval()
+    with torch.no_grad():
+        top1 = (head(val_x).argmax(1) == val_y).float().mean().item() * 100
+    return top1, {"lr": lr, "steps": total}
+
+
+def linear_probe(encoder, config, source: str, cache: Path | None = None, progress=None,
+                 preset: str | None = None) -> dict:
+    """Top-1 of a linear classifier on frozen features; the result with its protocol card."""
+    started = time.perf_counter()
+    cfg = config.linear
+    block = block_index(cfg.block, len(encoder.blocks), "the student")
+    size = config.student.img_size
+    splits = {}
+    for split in ("train", "val"):
+        dataset = eval_dataset(config, split)
+        if any(dataset[i][1] < 0 for i in (0, len(dataset) - 1)):
+            raise DataError(f"the {split} data of the linear probe has no labels; use a labelled "
+                            f"dataset (class sub-folders) for eval_data.")
+        fp = fingerprint(dataset, config.eval_data.name, getattr(config.eval_data, split))
+        key = f"{source}|{block}|{cfg.pooling}|{size}|{fp}"
+        x, y = cached_features(encoder, dataset, size, block, cfg.pooling, cache, key,
+                               progress=progress, task=f"features {split}")
+        splits[split] = (x, y, fp, len(dataset))
+    (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # standardise with train statistics
+    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    classes = int(max(train_y.max(), val_y.max())) + 1
+    probe = lbfgs_probe if cfg.protocol == "lbfgs" else mae_probe
+    top1, details = probe(train_x, train_y, val_x, val_y, classes, cfg, config.run.seed)
+    card = {"protocol": cfg.protocol, **dataclasses.asdict(cfg), "feature_block": block,
+            "features": f"{cfg.pooling}-pooled block {block}, standardised with train statistics",
+            "model": source, "data": config.eval_data.name,
+            "train": {"options": config.eval_data.train, "size": splits["train"][3],
+                      "fingerprint": splits["train"][2]},
+            "val": {"options": config.eval_data.val, "size": splits["val"][3],
+                    "fingerprint": splits["val"][2]},
+            "classes": classes, "chance": 100 / classes, "seed": config.run.seed,
+            "wall_time_s": time.perf_counter() - started, **details,
+            "reference": REFERENCES.get(preset)}
+    return {"top1": top1, "card": card}

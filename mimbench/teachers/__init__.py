@@ -1,0 +1,115 @@
+"""Tiny teachers trained in-project on the world, cached by a hash of their config.
+
+A config value "teacher:NAME" (e.g. target.model=teacher:clip) is replaced by the path of the
+built teacher, so the target loads it through its ordinary local-file path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from mimbench.errors import ConfigError
+from mimbench.registry import did_you_mean
+from mimbench.weights import cache_dir
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int, dict], None]  # (task, step, total, metrics)
+PREFIX = "teacher:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """How to train one teacher and how a target refers to the result."""
+
+    name: str
+    config: object  # a frozen dataclass; its hash names the cache folder
+    build: Callable  # (config, folder, progress) -> report dict; writes the files into folder
+    weights_file: str  # the file whose checksum guards the cache
+    reference: Callable[[Path], dict]  # folder -> the target options that load it
+
+
+def _registry() -> dict[str, Teacher]:
+    from mimbench.teachers import clip, dvae
+
+    return {t.name: t for t in (*clip.TEACHERS, *dvae.TEACHERS)}
+
+
+def config_hash(config) -> str:
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_for(teacher: Teacher) -> Path:
+    return cache_dir() / "teachers" / f"{teacher.name}-{config_hash(teacher.config)}"
+
+
+def _intact(folder: Path, teacher: Teacher) -> bool:
+    report = folder / "report.json"
+    weights = folder / teacher.weights_file
+    if not report.exists() or not weights.exists():
+        return False
+    try:
+        return json.loads(report.read_text())["sha256"] == sha256(weights)
+    except (ValueError, KeyError):
+        return False
+
+
+def get(name: str) -> Teacher:
+    teachers = _registry()
+    if name not in teachers:
+        raise ConfigError(f"unknown teacher '{name}'{did_you_mean(name, teachers)}; "
+                          f"teachers are: {', '.join(teachers)}.")
+    return teachers[name]
+
+
+def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -> tuple[Path, dict]:
+    """The folder of teacher `name`, built now if missing, changed or damaged; and its report."""
+    teacher = get(name)
+    folder = folder_for(teacher)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse
+        if not rebuild and _intact(folder, teacher):
+            return folder, json.loads((folder / "report.json").read_text())
+        if folder.exists():
+            log.warning("teacher cache %s is incomplete or damaged; rebuilding it", folder)
+            shutil.rmtree(folder)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            report = teacher.build(teacher.config, tmp, progress)
+            report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
+                       "sha256": sha256(tmp / teacher.weights_file)}
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return folder, report
+
+
+def resolve_references(options: dict, progress: Progress | None = None) -> dict:
+    """Replace each "teacher:NAME" option value by the options that load the built teacher."""
+    out = dict(options)
+    for key, value in options.items():
+        if isinstance(value, str) and value.startswith(PREFIX):
+            name = value[len(PREFIX):]
+            folder, _ = ensure(name, progress)
+            del out[key]
+            out |= get(name).reference(folder)
+    return out

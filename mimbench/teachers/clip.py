@@ -1,0 +1,134 @@
+"""A tiny CLIP (open_clip's own CLIP class, ResNet image tower) trained on world captions."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mimbench.data.world import SHAPES, World, describe
+
+
+@dataclass(frozen=True)
+class ClipTeacherConfig:
+    image_size: int = 64
+    difficulty: int = 0
+    pairs: int = 20_000  # captioned scenes from the world's `teacher` split
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    caption_drop: float = 0.5  # each non-shape attribute left out with this probability
+    embed_dim: int = 64
+    width: int = 16
+    layers: tuple[int, int, int, int] = (1, 1, 1, 1)
+    head_width: int = 32
+    context_length: int = 16
+    text_width: int = 64
+    text_heads: int = 4
+    text_layers: int = 2
+    eval_pairs: int = 1_000  # held-out scenes from the `val` split
+    seed: int = 0
+
+    def model_cfg(self) -> dict:
+        return {"embed_dim": self.embed_dim,
+                "vision_cfg": {"layers": list(self.layers), "width": self.width,
+                               "head_width": self.head_width, "image_size": self.image_size},
+                "text_cfg": {"context_length": self.context_length, "width": self.text_width,
+                             "heads": self.text_heads, "layers": self.text_layers}}
+
+
+def _scenes(split: str, count: int, config: ClipTeacherConfig):
+    world = World(split, length=count, image_size=config.image_size,
+                  difficulty=config.difficulty, seed=config.seed, cache=False)
+    scenes = [world.scene(i) for i in range(count)]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)  # [P, 3, S, S]
+    return images, scenes
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    import open_clip
+
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    images, scenes = _scenes("teacher", config.pairs, config)
+    model = open_clip.CLIP(**config.model_cfg())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    for step in range(config.steps):
+        lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) * \
+            0.5 * (1 + math.cos(math.pi * step / config.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = rng.choice(len(scenes), config.batch_size, replace=False)
+        captions = [describe(scenes[i].objects, config.caption_drop, rng) for i in index]
+        text = open_clip.tokenize(captions, context_length=config.context_length)  # [B, L]
+        image_features, text_features, scale = model(_normalise(images[index]), text)
+        logits = scale * image_features @ text_features.T  # [B, B]
+        labels = torch.arange(len(index))
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress:
+            progress("teacher clip", step + 1, config.steps, {"loss": loss.item()})
+
+    model.eval()
+    report = evaluate(model, config)
+    report["final_loss"] = loss.item()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config.model_cfg()}))
+    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
+    return report
+
+
+@torch.no_grad()
+def evaluate(model, config: ClipTeacherConfig) -> dict:
+    """Image->text retrieval among held-out captions and zero-shot shape classification."""
+    import open_clip
+
+    images, scenes = _scenes("val", config.eval_pairs, config)
+    captions = [s.caption for s in scenes]
+    image_features = F.normalize(model.encode_image(_normalise(images)), dim=-1)  # [P, E]
+    text = open_clip.tokenize(captions, context_length=config.context_length)
+    text_features = F.normalize(model.encode_text(text), dim=-1)  # [P, E]
+    best = (image_features @ text_features.T).argmax(1)
+    retrieval = np.mean([captions[j] == captions[i] for i, j in enumerate(best.tolist())])
+    prompts = open_clip.tokenize([f"a {shape}" for shape in SHAPES], context_length=config.context_length)
+    class_features = F.normalize(model.encode_text(prompts), dim=-1)  # [C, E]
+    predicted = (image_features @ class_features.T).argmax(1).numpy()
+    labels = np.array([s.label for s in scenes])
+    return {"retrieval_top1": float(retrieval), "retrieval_chance": 1 / len(captions),
+            "zero_shot_shape_acc": float((predicted == labels).mean()),
+            "zero_shot_chance": 1 / len(SHAPES), "eval_pairs": len(captions)}
+
+
+def reference(folder: Path) -> dict:
+    return {"model": f"local-dir:{folder}", "weights": None}
+
+
+def _teacher(name: str, config: ClipTeacherConfig):
+    from mimbench.teachers import Teacher
+
+    return Teacher(name, config, build, "open_clip_model.safetensors", reference)
+
+
+TEACHERS = [
+    _teacher("clip", ClipTeacherConfig()),
+    _teacher("clip-smoke", ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32,
+                                             warmup_steps=1, eval_pairs=64)),
+]
