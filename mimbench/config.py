@@ -95,7 +95,7 @@ class RunConfig:
     teacher_amp: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 200
     log_every: int = 10
-    evals: tuple[str, ...] = ("linear",)  # what `mimbench run` evaluates after pre-training
+    evals: tuple[str, ...] = ("linear", "finetune", "segmentation")  # run after pre-training
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,45 @@ class LinearProbeConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Full fine-tuning for classification (BEiT's recipe at paper scale)."""
+
+    steps: int | None = 300
+    epochs: float | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    layer_decay: float = 0.65
+    weight_decay: float = 0.05
+    warmup_steps: int | None = 30
+    warmup_epochs: float | None = None
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # timm Mixup alpha; 0 turns it off
+    cutmix: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """BEiT's UperNet protocol: four evenly spaced blocks, a 4-level pyramid, UperNet + aux FCN."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    layer_decay: float = 0.65
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    poly_power: float = 1.0
+    drop_path: float = 0.1
+    channels: int = 64  # UperNet width (768 at paper scale)
+    aux_weight: float = 0.4
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+    crop: int | None = None  # sliding-window inference with this window (None: whole image)
+    stride: int | None = None
+    dataset: str | None = None  # None: eval_data's dataset with label maps; or "ade20k"
+    root: str | None = None  # the ADE20K folder (ADEChallengeData2016)
+
+
+@dataclass(frozen=True)
 class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -134,6 +173,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -150,6 +191,8 @@ PRESETS: dict[str, dict] = {
         "eval_data": {"train": {"split": "train", "image_size": 32, "length": 256},
                       "val": {"split": "val", "image_size": 32, "length": 128}},
         "linear": {"regularisation": (1e-4, 1e-2), "max_iter": 50},
+        "finetune": {"steps": 3, "batch_size": 8, "warmup_steps": 1},
+        "segmentation": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "channels": 16},
         "optim": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "lr": 1e-3},
         "run": {"checkpoint_every": 3, "log_every": 1},
     },
@@ -172,6 +215,15 @@ PRESETS: dict[str, dict] = {
         # MAE's linear probe (PROTOCOLS.md); LARS is replaced by SGD with momentum
         "linear": {"protocol": "mae", "pooling": "cls", "block": -1, "batch_size": 16384,
                    "base_lr": 0.1, "epochs": 90, "warmup_epochs": 10, "weight_decay": 0.0},
+        "finetune": {"steps": None, "epochs": 100, "batch_size": 1024, "lr": 4e-3,
+                     "layer_decay": 0.65, "weight_decay": 0.05, "warmup_steps": None,
+                     "warmup_epochs": 20, "drop_path": 0.1, "label_smoothing": 0.1,
+                     "mixup": 0.8, "cutmix": 1.0},
+        "segmentation": {"steps": 160_000, "batch_size": 16, "lr": 1e-3, "layer_decay": 0.65,
+                         "weight_decay": 0.05, "warmup_steps": 1500, "poly_power": 1.0,
+                         "drop_path": 0.1, "channels": 768, "aux_weight": 0.4,
+                         "pool_scales": (1, 2, 3, 6), "crop": 512, "stride": 341,
+                         "dataset": "ade20k"},
     },
 }
 

@@ -119,7 +119,8 @@ class World:
     """Scenes of one split. Item i is (PIL image, label); `scene(i)` adds mask and caption."""
 
     def __init__(self, split: str = "pretrain", length: int | None = None, image_size: int = 64,
-                 difficulty: int = 0, seed: int = 0, cache: bool = True):
+                 difficulty: int = 0, seed: int = 0, cache: bool = True,
+                 labels: str = "class"):
         if split not in SPLITS:
             raise DataError(f"world split must be one of {', '.join(SPLITS)}, not {split!r}.")
         if difficulty not in (0, 1, 2):
@@ -128,6 +129,9 @@ class World:
         self.length = DEFAULT_LENGTH[split] if length is None else length
         if not 0 < self.length <= SPLIT_STRIDE:
             raise DataError(f"world length must be between 1 and {SPLIT_STRIDE}, not {length}.")
+        if labels not in ("class", "mask"):
+            raise DataError(f"world labels must be 'class' or 'mask', not {labels!r}.")
+        self.labels = labels
         self.classes = list(SHAPES)
         self._arrays = self._load_or_render() if cache else None
 
@@ -135,15 +139,18 @@ class World:
         return self.length
 
     def __getitem__(self, i: int):
+        """(PIL image, class of the largest object) or, with labels='mask', (image, [S, S] map)."""
         if self._arrays is not None:
-            images, _, labels = self._arrays
-            return Image.fromarray(images[i]), int(labels[i])
-        scene = self.scene(i)
-        return Image.fromarray(scene.image), scene.label
+            images, masks, labels = self._arrays
+            image, mask, label = images[i], masks[i], int(labels[i])
+        else:
+            scene = self.scene(i)
+            image, mask, label = scene.image, scene.mask, scene.label
+        return Image.fromarray(image), (np.array(mask) if self.labels == "mask" else label)
 
-    def mask(self, i: int) -> np.ndarray:
-        """[S, S] uint8 class map of scene i (0 = background)."""
-        return self._arrays[1][i] if self._arrays is not None else self.scene(i).mask
+    @property
+    def num_classes(self) -> int:
+        return len(SHAPES) + 1 if self.labels == "mask" else len(SHAPES)
 
     def _load_or_render(self):
         """Images, masks and labels as uint8 arrays, rendered once into the cache directory."""

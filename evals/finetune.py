@@ -1,0 +1,87 @@
+"""Full fine-tuning for classification: BEiT's recipe (layer decay, drop path, label smoothing,
+optional mixup/cutmix), average-pooled patch tokens into a linear classifier."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimbench.evals.data import Batches, eval_dataset, fingerprint, to_student_input
+from mimbench.evals.training import endless, param_groups, set_drop_path, train
+
+REFERENCES = {  # PROTOCOLS.md: ImageNet-1k fine-tuning top-1, ViT-B/16
+    "paper": {"mvp_300ep": 84.4, "beit_800ep": 83.2, "tolerance": 0.5, "dataset": "ImageNet-1k"},
+}
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.norm = nn.LayerNorm(encoder.embed_dim)
+        self.head = nn.Linear(encoder.embed_dim, classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images):
+        tokens = self.encoder.forward_features(images)[:, self.encoder.num_prefix_tokens:]  # [B, N, D]
+        return self.head(self.norm(tokens.mean(1)))  # [B, classes]
+
+
+def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
+    started = time.perf_counter()
+    cfg = config.finetune
+    train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
+    classes = max(int(train_set[i][1]) for i in range(min(len(train_set), 2000))) + 1
+    classes = getattr(train_set, "num_classes", classes)
+    size = config.student.img_size
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+    steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    torch.manual_seed(config.run.seed)
+    set_drop_path(encoder, cfg.drop_path)
+    model = Classifier(encoder, classes)
+    groups = param_groups(model.encoder, nn.ModuleList([model.norm, model.head]), cfg.weight_decay,
+                          cfg.layer_decay)
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                      label_smoothing=cfg.label_smoothing, num_classes=classes)
+    g = torch.Generator().manual_seed(config.run.seed)
+
+    def epoch_batches(epoch):
+        order = torch.randperm(len(train_set), generator=g)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            items = [train_set[int(j)] for j in order[i:i + cfg.batch_size]]
+            yield (torch.stack([to_student_input(im, size) for im, _ in items]),
+                   torch.tensor([label for _, label in items]))
+
+    def loss_fn(m, batch):
+        x, y = batch
+        if mixup is not None:
+            x, soft = mixup(x, y)
+            return torch.sum(-soft * F.log_softmax(m(x), dim=-1), dim=-1).mean()
+        return F.cross_entropy(m(x), y, label_smoothing=cfg.label_smoothing)
+
+    losses = train(model, groups, endless(epoch_batches), loss_fn, steps, cfg.lr, warmup,
+                   "cosine", progress=progress, task="fine-tuning")
+    correct = 0
+    with torch.no_grad():
+        for x, y in Batches(val_set, size):
+            correct += (model(x).argmax(1) == y).sum().item()
+    card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
+            "warmup_steps_run": warmup, "model": source, "classes": classes,
+            "features": "average-pooled final patch tokens, LayerNorm, linear",
+            "train": {"options": config.eval_data.train, "size": len(train_set),
+                      "fingerprint": fingerprint(train_set, config.eval_data.name, config.eval_data.train)},
+            "val": {"options": config.eval_data.val, "size": len(val_set),
+                    "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
+            "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
+            "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
+    return {"top1": correct / len(val_set) * 100, "card": card}

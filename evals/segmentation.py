@@ -1,0 +1,168 @@
+"""Semantic segmentation as BEiT evaluates it: UperNet on four blocks of the backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimbench.data import build_dataset
+from mimbench.evals.data import fingerprint, to_student_input
+from mimbench.evals.metrics import segmentation_metrics
+from mimbench.evals.training import endless, param_groups, set_drop_path, train
+
+IGNORE = 255
+REFERENCES = {  # PROTOCOLS.md: ADE20K mIoU, ViT-B/16, UperNet, single scale
+    "paper": {"mvp_300ep": 52.4, "beit_300ep_upernet": 45.7, "tolerance": 1.0, "dataset": "ADE20K"},
+}
+
+
+def feature_blocks(depth: int) -> list[int]:
+    """BEiT's blocks 3, 5, 7, 11 of 12, scaled to other depths."""
+    return [round(depth * k / 12) - 1 for k in (4, 6, 8, 12)]
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class UperHead(nn.Module):
+    """Pyramid pooling on the coarsest level + a feature pyramid network, fused at the finest."""
+
+    def __init__(self, cin: int, channels: int, classes: int, pool_scales=(1, 2, 3, 6)):
+        super().__init__()
+        self.pool_scales = pool_scales
+        self.ppm = nn.ModuleList(conv_bn_relu(cin, channels, 1) for _ in pool_scales)
+        self.bottleneck = conv_bn_relu(cin + len(pool_scales) * channels, channels)
+        self.lateral = nn.ModuleList(conv_bn_relu(cin, channels, 1) for _ in range(3))
+        self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in range(3))
+        self.fuse = conv_bn_relu(4 * channels, channels)
+        self.classifier = nn.Conv2d(channels, classes, 1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        top = levels[3]  # the coarsest level
+        pooled = [F.interpolate(conv(F.adaptive_avg_pool2d(top, s)), top.shape[-2:], mode="bilinear",
+                                align_corners=False) for s, conv in zip(self.pool_scales, self.ppm)]
+        laterals = [conv(x) for conv, x in zip(self.lateral, levels[:3])]
+        laterals.append(self.bottleneck(torch.cat([top, *pooled], 1)))
+        for i in range(3, 0, -1):  # top-down
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False)
+        outs = [conv(x) for conv, x in zip(self.fpn, laterals[:3])] + [laterals[3]]
+        size = outs[0].shape[-2:]
+        outs = [outs[0]] + [F.interpolate(x, size, mode="bilinear", align_corners=False) for x in outs[1:]]
+        return self.classifier(self.fuse(torch.cat(outs, 1)))
+
+
+class Segmenter(nn.Module):
+    """Backbone blocks -> (4x up, 2x up, identity, 2x down) -> UperNet; an FCN aux head on level 3."""
+
+    def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales):
+        super().__init__()
+        self.encoder = encoder
+        self.blocks = feature_blocks(len(encoder.blocks))
+        d = encoder.embed_dim
+        self.pyramid = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(d, d, 2, 2), nn.BatchNorm2d(d), nn.GELU(),
+                          nn.ConvTranspose2d(d, d, 2, 2)),
+            nn.ConvTranspose2d(d, d, 2, 2),
+            nn.Identity(),
+            nn.MaxPool2d(2),
+        ])
+        self.head = UperHead(d, channels, classes, pool_scales)
+        self.aux = nn.Sequential(conv_bn_relu(d, channels), nn.Conv2d(channels, classes, 1))
+
+    def forward(self, images: torch.Tensor):
+        unique = sorted(set(self.blocks))  # shallow students repeat blocks
+        outs = self.encoder.forward_intermediates(images, indices=unique, intermediates_only=True)
+        maps = [outs[unique.index(b)] for b in self.blocks]  # each [B, D, h, w]
+        levels = [up(x) for up, x in zip(self.pyramid, maps)]  # each [B, D, h_i, w_i]
+        size = images.shape[-2:]
+        logits = F.interpolate(self.head(levels), size, mode="bilinear", align_corners=False)
+        aux = F.interpolate(self.aux(levels[2]), size, mode="bilinear", align_corners=False)
+        return logits, aux  # [B, classes, S, S] each
+
+
+def segmentation_data(config, split: str):
+    cfg = config.segmentation
+    if cfg.dataset == "ade20k":
+        return build_dataset("ade20k", root=cfg.root, split="training" if split == "train" else "validation")
+    options = {**getattr(config.eval_data, split), "labels": "mask"}
+    return build_dataset(config.eval_data.name, **options)
+
+
+def _batch(dataset, indices, size: int):
+    images, labels = zip(*(dataset[int(i)] for i in indices))
+    x = torch.stack([to_student_input(im, size) for im in images])
+    y = torch.stack([torch.from_numpy(np.asarray(lab, dtype=np.int64)) for lab in labels])
+    y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    return x, y  # [B, 3, S, S], [B, S, S]
+
+
+@torch.no_grad()
+def predict(model: Segmenter, image: torch.Tensor, crop: int | None, stride: int | None, classes: int):
+    """[1, 3, H, W] -> [classes, H, W] logits, whole image or averaged over sliding windows."""
+    if crop is None:
+        return model(image)[0][0]
+    _, _, h, w = image.shape
+    total = torch.zeros(classes, h, w)
+    count = torch.zeros(1, h, w)
+    for top in sorted({*range(0, max(h - crop, 0) + 1, stride), max(h - crop, 0)}):
+        for left in sorted({*range(0, max(w - crop, 0) + 1, stride), max(w - crop, 0)}):
+            window = image[..., top:top + crop, left:left + crop]
+            total[:, top:top + crop, left:left + crop] += model(window)[0][0]
+            count[:, top:top + crop, left:left + crop] += 1
+    return total / count
+
+
+def segmentation(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
+    """Fine-tune backbone + UperNet on the train split; mIoU on val at the labels' resolution."""
+    started = time.perf_counter()
+    cfg = config.segmentation
+    train_set, val_set = segmentation_data(config, "train"), segmentation_data(config, "val")
+    classes = train_set.num_classes
+    size = config.student.img_size
+    torch.manual_seed(config.run.seed)
+    set_drop_path(encoder, cfg.drop_path)
+    model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales)
+    groups = param_groups(model.encoder, nn.ModuleList([model.pyramid, model.head, model.aux]),
+                          cfg.weight_decay, cfg.layer_decay)
+    g = torch.Generator().manual_seed(config.run.seed)
+
+    def epoch_batches(epoch):
+        order = torch.randperm(len(train_set), generator=g)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            yield _batch(train_set, order[i:i + cfg.batch_size], size)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        logits, aux = m(x)
+        return F.cross_entropy(logits, y, ignore_index=IGNORE) + \
+            cfg.aux_weight * F.cross_entropy(aux, y, ignore_index=IGNORE)
+
+    losses = train(model, groups, endless(epoch_batches), loss_fn, cfg.steps, cfg.lr,
+                   cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation")
+    preds, labels = [], []
+    for i in range(len(val_set)):
+        image, label = val_set[i]
+        label = np.asarray(label)
+        logits = predict(model, to_student_input(image, size)[None], cfg.crop, cfg.stride, classes)
+        logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
+        preds.append(logits.argmax(0).numpy())
+        labels.append(label)
+        if progress and ((i + 1) % 100 == 0 or i + 1 == len(val_set)):
+            progress("segmentation val", i + 1, len(val_set), {})
+    metrics = segmentation_metrics(preds, labels, classes, IGNORE)
+    card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),
+            "feature_blocks": model.blocks, "model": source, "classes": classes,
+            "inference": "whole image" if cfg.crop is None else f"sliding window {cfg.crop}/{cfg.stride}",
+            "train": {"size": len(train_set), "fingerprint": fingerprint(train_set, "seg-train", {})},
+            "val": {"size": len(val_set), "fingerprint": fingerprint(val_set, "seg-val", {})},
+            "final_train_loss": losses[-1], "seed": config.run.seed,
+            "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
+    return {**metrics, "card": card}

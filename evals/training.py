@@ -1,0 +1,88 @@
+"""The one supervised loop that fine-tuning and segmentation share: layer-wise lr decay,
+AdamW without decay on norms/biases/embeddings, warmup then cosine or poly, progress."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly to `rate` at the last block, as timm builds it."""
+    from timm.layers import DropPath
+
+    depth = len(encoder.blocks)
+    for i, block in enumerate(encoder.blocks):
+        p = rate * i / max(1, depth - 1)
+        for name in ("drop_path1", "drop_path2", "drop_path"):
+            if hasattr(block, name):
+                setattr(block, name, DropPath(p) if p > 0 else nn.Identity())
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i + 1 for block i, depth + 1 for everything after the blocks."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "rel_pos_bias")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(encoder: nn.Module, head: nn.Module, weight_decay: float, layer_decay: float):
+    """AdamW groups: encoder layer l gets lr scale layer_decay ** (depth + 1 - l), head scale 1."""
+    depth = len(encoder.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    named = [(n, p, layer_id(n, depth)) for n, p in encoder.named_parameters()]
+    named += [(f"head.{n}", p, depth + 1) for n, p in head.named_parameters()]
+    for name, param, lid in named:
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+        key = (lid, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": layer_decay ** (depth + 1 - lid)}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str, power: float = 1.0) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "poly":
+        return (1 - progress) ** power
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Callable, steps: int,
+          lr: float, warmup: int, schedule: str = "cosine", power: float = 1.0,
+          progress=None, task: str = "training") -> list[float]:
+    """Run `steps` AdamW steps of loss_fn(model, batch); returns the loss per step."""
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        factor = lr_factor(step, steps, warmup, schedule, power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor * group["lr_scale"]
+        loss = loss_fn(model, next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress:
+            progress(task, step + 1, steps, {"loss": losses[-1]})
+    model.eval()
+    return losses
+
+
+def endless(make_batches: Callable[[int], Iterator]) -> Iterator:
+    """Epoch after epoch of make_batches(epoch)."""
+    epoch = 0
+    while True:
+        yield from make_batches(epoch)
+        epoch += 1
