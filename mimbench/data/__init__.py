@@ -12,6 +12,6 @@ def build_dataset(name: str, **options):
     return DATASETS.get(name).factory(**options)
 
 
-from mimbench.data import folder, world  # noqa: E402,F401  (registration)
+from mimbench.data import ade20k, folder, world  # noqa: E402,F401  (registration)
 
 __all__ = ["DATASETS", "build_dataset"]

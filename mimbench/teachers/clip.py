@@ -114,7 +114,45 @@ def evaluate(model, config: ClipTeacherConfig) -> dict:
     labels = np.array([s.label for s in scenes])
     return {"retrieval_top1": float(retrieval), "retrieval_chance": 1 / len(captions),
             "zero_shot_shape_acc": float((predicted == labels).mean()),
-            "zero_shot_chance": 1 / len(SHAPES), "eval_pairs": len(captions)}
+            "zero_shot_chance": 1 / len(SHAPES), "eval_pairs": len(captions),
+            **probe_against_baselines(model, config)}
+
+
+@torch.no_grad()
+def probe_against_baselines(model, config: ClipTeacherConfig, stage: int = 2) -> dict:
+    """Linear-probe shape accuracy (L-BFGS, world train -> val) of the teacher's stage features,
+    of the same tower with random weights, and of raw pixels: is the teacher worth learning from?"""
+    import open_clip
+
+    from mimbench.config import LinearProbeConfig
+    from mimbench.evals.linear_probe import lbfgs_probe
+
+    train_images, train_scenes = _scenes("train", 2 * config.eval_pairs, config)
+    val_images, val_scenes = _scenes("val", config.eval_pairs, config)
+    train_y = torch.tensor([s.label for s in train_scenes])
+    val_y = torch.tensor([s.label for s in val_scenes])
+    torch.manual_seed(config.seed + 1)
+    random_tower = open_clip.CLIP(**config.model_cfg()).visual.eval()
+
+    def stage_features(visual, images):
+        fmap = visual.forward_intermediates(_normalise(images), indices=[stage],
+                                            intermediates_only=True)["image_intermediates"][0]
+        return fmap.mean((2, 3))  # [P, C]
+
+    def pixels(images):
+        return F.avg_pool2d(images.float() / 255, 4).flatten(1)  # [P, 3 * (S/4)^2]
+
+    probe_cfg = LinearProbeConfig(max_iter=200)
+    out = {}
+    for name, features in (("teacher", lambda im: stage_features(model.visual, im)),
+                           ("random_tower", lambda im: stage_features(random_tower, im)),
+                           ("pixels", pixels)):
+        tx, vx = features(train_images), features(val_images)
+        mean, std = tx.mean(0), tx.std(0) + 1e-6
+        top1, _ = lbfgs_probe((tx - mean) / std, train_y, (vx - mean) / std, val_y, len(SHAPES),
+                              probe_cfg, config.seed)
+        out[f"linear_probe_{name}"] = top1 / 100
+    return out
 
 
 def reference(folder: Path) -> dict:

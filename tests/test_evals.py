@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from mimbench import config as cfg
+from mimbench.evals.linear_probe import lbfgs_probe, mae_probe
+from mimbench.evals.segmentation import feature_blocks
+from mimbench.evals.training import param_groups
+
+
+def separable(n=600, dim=16, classes=4, seed=0):
+    """Class c sits at 6 * e_c plus unit noise: linearly separable with a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(n, dim, generator=g)
+    x[torch.arange(n), y] += 6
+    return x, y
+
+
+@pytest.mark.parametrize("probe", [lbfgs_probe, mae_probe])
+def test_linear_probe_separates_separable_features(probe):
+    train_x, train_y = separable(seed=0)
+    val_x, val_y = separable(seed=1)
+    config = cfg.LinearProbeConfig(epochs=20, warmup_epochs=2, batch_size=64, max_iter=100)
+    top1, _ = probe(train_x, train_y, val_x, val_y, 4, config, seed=0)
+    assert top1 > 99
+    shuffled = val_y[torch.randperm(len(val_y), generator=torch.Generator().manual_seed(2))]
+    top1_noise, _ = probe(train_x, train_y, val_x, shuffled, 4, config, seed=0)
+    assert top1_noise < 40  # labels unrelated to features: chance is 25 %
+
+
+def test_feature_blocks_follow_beit():
+    assert feature_blocks(12) == [3, 5, 7, 11]
+    assert feature_blocks(4) == [0, 1, 2, 3]
+
+
+def test_layer_decay_scales():
+    import timm
+
+    encoder = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=0)
+    head = torch.nn.Linear(192, 2)
+    groups = param_groups(encoder, head, 0.05, 0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(encoder.patch_embed.proj.weight)] == pytest.approx(0.5**4)
+    assert scale_of[id(encoder.blocks[0].attn.qkv.weight)] == pytest.approx(0.5**3)
+    assert scale_of[id(encoder.blocks[2].mlp.fc1.weight)] == pytest.approx(0.5)
+    assert scale_of[id(head.weight)] == 1.0
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay_of[id(encoder.pos_embed)] == 0 and decay_of[id(head.weight)] == 0.05
+
+
+def test_paper_preset_evaluations_are_the_published_ones():
+    """PROTOCOLS.md, field by field."""
+    c = cfg.resolve("paper", target="clip")
+    f, s, lp = c.finetune, c.segmentation, c.linear
+    assert (f.epochs, f.batch_size, f.lr, f.layer_decay, f.weight_decay, f.warmup_epochs) == \
+        (100, 1024, 4e-3, 0.65, 0.05, 20)
+    assert (f.drop_path, f.label_smoothing, f.mixup, f.cutmix) == (0.1, 0.1, 0.8, 1.0)
+    assert (s.steps, s.batch_size, s.lr, s.weight_decay, s.layer_decay, s.warmup_steps) == \
+        (160_000, 16, 1e-3, 0.05, 0.65, 1500)
+    assert (s.poly_power, s.drop_path, s.channels, s.aux_weight, s.pool_scales) == \
+        (1.0, 0.1, 768, 0.4, (1, 2, 3, 6))
+    assert (s.crop, s.stride, s.dataset) == (512, 341, "ade20k")
+    assert (lp.protocol, lp.pooling, lp.block, lp.batch_size, lp.base_lr, lp.epochs, lp.warmup_epochs) == \
+        ("mae", "cls", -1, 16384, 0.1, 90, 10)
+
+
+def test_eval_a_timm_baseline_from_the_cli(cli, tmp_path):
+    out = tmp_path / "eval"
+    result = cli("eval", "linear", "--model", "timm:random", "--preset", "smoke", "--out", out)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads((out / "results.json").read_text())["evals"]["linear_probe"]
+    card = probe["card"]
+    assert 0 <= probe["top1"] <= 100 and card["protocol"] == "lbfgs" and card["classes"] == 8
+    assert card["train"]["fingerprint"] and card["val"]["size"] == 128 and "wall_time_s" in card
