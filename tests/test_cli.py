@@ -31,8 +31,13 @@ def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     assert results["pretrain"]["steps"] == 6
     assert results["pretrain"]["final_loss"] == pytest.approx(rows[-1]["loss"])
     assert results["target"]["grid"] == [4, 4]
+    evals = results["evals"]
+    assert set(evals) == {"linear_probe", "finetune", "segmentation"}
+    assert 0 <= evals["linear_probe"]["top1"] <= 100 and 0 <= evals["finetune"]["top1"] <= 100
+    assert len(evals["segmentation"]["per_class_iou"]) == 9 and "aAcc" in evals["segmentation"]
+    assert all("card" in e for e in evals.values())
     assert (out / "checkpoint.pt").exists()
-    assert "final loss" in result.stdout  # the results table
+    assert "final loss" in result.stdout and "segmentation.mIoU" in result.stdout  # the table
 
 
 def test_smoke_run_on_a_folder_dataset(cli, tmp_path, image_folder):
