@@ -15,7 +15,6 @@ from rich.table import Table
 
 from mimbench import __version__
 from mimbench import config as cfg
-from mimbench.engine import RunDir
 from mimbench.errors import MimbenchError
 
 console = Console(stderr=True)
@@ -159,6 +158,7 @@ def run(target, preset, config_file, overrides, out, resume):
 @click.option("--out", type=click.Path(file_okay=False), help="Where results.json goes (default: the run directory).")
 def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     """Evaluate a checkpoint or a timm model with one protocol; writes results.json."""
+    from mimbench.engine import RunDir
     from mimbench.evals import run_evals
 
     if bool(checkpoint_path) == bool(model):

@@ -97,7 +97,7 @@ def test_bad_inputs_fail_with_one_sentence(tmp_path, monkeypatch, args, words):
 def test_empty_folder_and_corrupt_image(cli, tmp_path, image_folder):
     empty = tmp_path / "empty"
     empty.mkdir()
-    base = ["run", "--preset", "smoke", "--target", "pixels", "--set", "data.name=folder",
+    base = ["pretrain", "--preset", "smoke", "--target", "pixels", "--set", "data.name=folder",
             "--set", "optim.batch_size=4"]
     _fails_cleanly(cli(*base, "--set", f"data.root={empty}", "--out", tmp_path / "r1"),
                    "holds no images")
@@ -112,7 +112,7 @@ def test_empty_folder_and_corrupt_image(cli, tmp_path, image_folder):
 
 def test_non_finite_loss_stops_with_advice_and_keeps_files(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("run", "--preset", "smoke", "--target", "pixels", "--out", out,
+    result = cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", out,
                  "--set", "optim.lr=1e30", "--set", "optim.clip_grad=null")
     _fails_cleanly(result, "loss became", "lower optim.lr")
     assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists()

@@ -87,8 +87,8 @@ def test_teacher_gets_no_gradients_and_stays_in_eval_mode(tmp_path, monkeypatch)
     seen = {}
     original = engine.build_target_for
 
-    def spy(config):
-        seen["provider"] = original(config)
+    def spy(config, progress=None):
+        seen["provider"] = original(config, progress)
         return seen["provider"]
 
     monkeypatch.setattr(engine, "build_target_for", spy)
