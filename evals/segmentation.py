@@ -105,18 +105,19 @@ def _batch(dataset, indices, size: int):
 
 
 @torch.no_grad()
-def predict(model: Segmenter, image: torch.Tensor, crop: int | None, stride: int | None, classes: int):
-    """[1, 3, H, W] -> [classes, H, W] logits, whole image or averaged over sliding windows."""
+def predict(model: Segmenter, images: torch.Tensor, crop: int | None, stride: int | None, classes: int):
+    """[B, 3, H, W] -> [B, classes, H, W] logits: whole images, or the average over sliding
+    windows of side `crop` every `stride` pixels (the last window flush with the border)."""
     if crop is None:
-        return model(image)[0][0]
-    _, _, h, w = image.shape
-    total = torch.zeros(classes, h, w)
-    count = torch.zeros(1, h, w)
+        return model(images)[0]
+    b, _, h, w = images.shape
+    total = torch.zeros(b, classes, h, w)
+    count = torch.zeros(1, 1, h, w)
     for top in sorted({*range(0, max(h - crop, 0) + 1, stride), max(h - crop, 0)}):
         for left in sorted({*range(0, max(w - crop, 0) + 1, stride), max(w - crop, 0)}):
-            window = image[..., top:top + crop, left:left + crop]
-            total[:, top:top + crop, left:left + crop] += model(window)[0][0]
-            count[:, top:top + crop, left:left + crop] += 1
+            window = images[..., top:top + crop, left:left + crop]
+            total[..., top:top + crop, left:left + crop] += model(window)[0]
+            count[..., top:top + crop, left:left + crop] += 1
     return total / count
 
 
@@ -148,15 +149,18 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     losses = train(model, groups, endless(epoch_batches), loss_fn, cfg.steps, cfg.lr,
                    cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation")
     preds, labels = [], []
-    for i in range(len(val_set)):
-        image, label = val_set[i]
-        label = np.asarray(label)
-        logits = predict(model, to_student_input(image, size)[None], cfg.crop, cfg.stride, classes)
-        logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
-        preds.append(logits.argmax(0).numpy())
-        labels.append(label)
-        if progress and ((i + 1) % 100 == 0 or i + 1 == len(val_set)):
-            progress("segmentation val", i + 1, len(val_set), {})
+    window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
+    for start in range(0, len(val_set), window):
+        items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
+        images = torch.stack([to_student_input(image, size) for image, _ in items])
+        logits = predict(model, images, cfg.crop, cfg.stride, classes)  # [b, classes, S, S]
+        for (_, label), logit in zip(items, logits):
+            label = np.asarray(label)
+            logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)
+            preds.append(logit[0].argmax(0).numpy())
+            labels.append(label)
+        if progress:
+            progress("segmentation val", len(preds), len(val_set), {})
     metrics = segmentation_metrics(preds, labels, classes, IGNORE)
     card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),
             "feature_blocks": model.blocks, "model": source, "classes": classes,

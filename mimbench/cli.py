@@ -206,21 +206,31 @@ def targets():
 @targets.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def targets_list(as_json):
-    """Every registered target with its source and description."""
+    """Every registered target: source, and kind, size and input of its default build."""
     from mimbench.targets import TARGETS
 
-    rows = [{"name": e.name, "source": e.source} for e in TARGETS.entries()]
-    for row, entry in zip(rows, TARGETS.entries()):
+    rows = []
+    for entry in TARGETS.entries():
         doc = (entry.factory.__doc__ or "").strip().splitlines()
-        row["description"] = doc[0] if doc else ""
+        row = {"name": entry.name, "source": entry.source, "description": doc[0] if doc else ""}
+        try:  # the default build; hub weights fail fast offline and are reported as such
+            spec = entry.factory().spec
+            row |= {"kind": spec.kind, "dim": spec.dim, "input_size": spec.input_size,
+                    "grid": list(spec.grid), "loss": spec.loss}
+        except MimbenchError as e:
+            row["unavailable"] = str(e)
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="targets")
-    for column in ("name", "source", "description"):
+    table = Table(title="targets (default options)")
+    for column in ("name", "source", "kind", "dim / vocab", "input", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["source"], row["description"])
+        shape = ("-", "-", "-") if "kind" not in row else \
+            (row["kind"], str(row["dim"]), f"{row['input_size']} px")
+        table.add_row(row["name"], row["source"], *shape,
+                      row["description"] if "kind" in row else "needs weights not on this machine")
     Console().print(table)
 
 

@@ -21,7 +21,7 @@ HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 def clip_target(model: str = "ViT-B-16", weights: str | None = "openai", layer: int = -1,
                 project: bool = False, normalize: str = "none", quick_gelu: bool | None = None,
                 input_size: int | None = None, loss: str = "cosine") -> FrozenFeatures:
-    """Patch features of an open_clip image tower.
+    """Patch features of an open_clip image tower (MVP).
 
     model: an open_clip name (ViT-B-16) or 'local-dir:/folder' holding open_clip_config.json.
     weights: a pretrained tag ('openai'), a local file, or None for random weights.

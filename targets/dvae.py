@@ -57,7 +57,9 @@ def _official_encoder() -> str:
 
 @register_target("dvae")
 class DVAETarget(nn.Module):
-    """Token ids argmax(encoder(map_pixels(view))) of a dall_e Encoder, one per 8x8 pixels.
+    """DALL-E d-VAE token ids (BEiT).
+
+    argmax(encoder(map_pixels(view))) of a dall_e Encoder, one token per 8x8 pixels.
 
     weights: 'official' (downloads OpenAI's encoder.pkl once) or a local pickled Encoder.
     input_size: side of the teacher view; by default 8x the student's grid (112 for 14x14).

@@ -18,8 +18,10 @@ def patchify(images: Tensor, patch: int) -> Tensor:
 
 @register_target("pixels")
 class PixelTarget:
-    """Each patch's RGB values in [0, 1]; with `normalize`, standardised per patch (MAE's
-    norm_pix_loss, eps 1e-6 inside the square root)."""
+    """Raw pixels of each patch (MAE, SimMIM).
+
+    RGB values in [0, 1]; with `normalize`, standardised per patch as MAE's norm_pix_loss
+    (eps 1e-6 inside the square root)."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, normalize: bool = True,
                  loss: str = "mse"):

@@ -15,7 +15,9 @@ from mimbench.weights import local_file, require_network
 def timm_target(model: str = "vit_base_patch16_224.dino", weights: str | None = None,
                 layer: int = -1, normalize: str = "none", input_size: int | None = None,
                 loss: str = "cosine") -> FrozenFeatures:
-    """Patch tokens of block `layer` of a timm ViT-like model.
+    """Patch tokens of a frozen timm ViT (DINO, supervised, ...).
+
+    Block `layer` of the model.
 
     weights: a local file (.safetensors or .pth state dict), 'hub' for timm's pretrained
     download, or None for random weights (a random-teacher baseline).

@@ -135,8 +135,9 @@ def test_existing_run_directory_is_not_overwritten(cli, tmp_path):
 
 
 def test_targets_list_json(cli):
-    result = cli("targets", "list", "--json")
-    rows = json.loads(result.stdout)
-    names = {r["name"] for r in rows}
-    assert {"clip", "dvae", "pixels", "timm"} <= names
-    assert all(r["source"] for r in rows)
+    result = cli("targets", "list", "--json", env={"MIMBENCH_OFFLINE": "1"})
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert {"clip", "dvae", "pixels", "timm"} <= set(rows)
+    assert all(r["source"] == "built-in" for r in rows.values())
+    assert (rows["pixels"]["kind"], rows["pixels"]["dim"], rows["pixels"]["input_size"]) == ("features", 768, 224)
+    assert "target.weights" in rows["clip"]["unavailable"]  # hub weights, offline

@@ -74,3 +74,17 @@ def test_eval_a_timm_baseline_from_the_cli(cli, tmp_path):
     card = probe["card"]
     assert 0 <= probe["top1"] <= 100 and card["protocol"] == "lbfgs" and card["classes"] == 8
     assert card["train"]["fingerprint"] and card["val"]["size"] == 128 and "wall_time_s" in card
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model():
+    """With a model that acts per pixel, averaging overlapping windows changes nothing."""
+    from mimbench.evals.segmentation import predict
+
+    class Pointwise(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x, -x], 1), None  # [B, 6, h, w]
+
+    images = torch.randn(2, 3, 20, 27)
+    whole = predict(Pointwise(), images, None, None, 6)
+    slid = predict(Pointwise(), images, 8, 5, 6)
+    assert torch.allclose(whole, slid, atol=1e-6)
