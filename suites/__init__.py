@@ -1,0 +1,1 @@
+"""Suite files (*.yaml) shipped with mimbench: installed as package data beside this module."""
