@@ -30,10 +30,10 @@ class Teacher:
     """How to train one teacher and how a target refers to the result."""
 
     name: str
-    config: object  # a frozen dataclass; its hash names the cache folder
     build: Callable  # (config, folder, progress) -> report dict; writes the files into folder
     weights_file: str  # the file whose checksum guards the cache
     reference: Callable[[Path], dict]  # folder -> the target options that load it
+    config: object  # a frozen dataclass; its hash names the cache folder
 
 
 def _registry() -> dict[str, Teacher]:

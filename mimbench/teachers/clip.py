@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mimbench.data.world import SHAPES, World, describe
+from mimbench.teachers import Teacher
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,9 @@ def reference(folder: Path) -> dict:
     return {"model": f"local-dir:{folder}", "weights": None}
 
 
-def _teacher(name: str, config: ClipTeacherConfig):
-    from mimbench.teachers import Teacher
-
-    return Teacher(name, config, build, "open_clip_model.safetensors", reference)
-
-
 TEACHERS = [
-    _teacher("clip", ClipTeacherConfig()),
-    _teacher("clip-smoke", ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32,
-                                             warmup_steps=1, eval_pairs=64)),
+    Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig()),
+    Teacher("clip-smoke", build, "open_clip_model.safetensors", reference,
+            ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32, warmup_steps=1,
+                              eval_pairs=64)),
 ]

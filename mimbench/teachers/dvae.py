@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from mimbench.data.world import World
 from mimbench.targets.dvae import map_pixels
+from mimbench.teachers import Teacher
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,9 @@ def reference(folder: Path) -> dict:
     return {"weights": str(folder / "encoder.pkl")}
 
 
-def _teacher(name: str, config: DVAETeacherConfig):
-    from mimbench.teachers import Teacher
-
-    return Teacher(name, config, build, "encoder.pkl", reference)
-
-
 TEACHERS = [
-    _teacher("dvae", DVAETeacherConfig()),
-    _teacher("dvae-smoke", DVAETeacherConfig(image_size=32, images=128, crop=16, steps=3,
-                                             batch_size=8, eval_images=32)),
+    Teacher("dvae", build, "encoder.pkl", reference, DVAETeacherConfig()),
+    Teacher("dvae-smoke", build, "encoder.pkl", reference,
+            DVAETeacherConfig(image_size=32, images=128, crop=16, steps=3, batch_size=8,
+                              eval_images=32)),
 ]
