@@ -67,7 +67,8 @@ def test_full_teachers_are_worth_learning_from():
     caption among 1,000 far above chance (0.1 %) and names the shape zero-shot well above chance
     (12.5 %); its features beat a random tower and raw pixels on the linear probe by 10+ points.
     The d-VAE reconstructs at under half the error of the mean image and uses a quarter or more
-    of its codes. (Measured at build: retrieval .55, zero-shot .79, probe .51 vs .23 / .17.)"""
+    of its codes. (Measured at build: CLIP retrieval .55, zero-shot .79, probe .51 vs .23 / .17;
+    d-VAE recon .0142 vs mean image .0534, 250 of 512 codes used, perplexity 90.)"""
     _, clip = teachers.ensure("clip")
     assert clip["retrieval_top1"] > 0.2 and clip["zero_shot_shape_acc"] > 0.5
     assert clip["linear_probe_teacher"] > clip["linear_probe_random_tower"] + 0.1

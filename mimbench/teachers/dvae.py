@@ -23,14 +23,14 @@ class DVAETeacherConfig:
     crop: int = 32  # train on random crops: the encoder is convolutional, and 4x cheaper so
     steps: int = 400
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     n_hid: int = 64
     n_blk_per_group: int = 1
     vocab_size: int = 512
     tau_start: float = 1.0  # gumbel-softmax temperature, annealed exponentially
     tau_end: float = 1 / 16
-    kl_weight: float = 0.01  # KL(q || uniform prior) per position, as DALL-E's stage one
-    usage_weight: float = 0.1  # bonus for the entropy of the batch's code usage
+    kl_weight: float = 1e-4  # KL(q || uniform prior) per position, as DALL-E's stage one
+    usage_weight: float = 0.01  # bonus for the entropy of the batch's code usage
     eval_images: int = 1_000
     seed: int = 0
 
