@@ -8,7 +8,6 @@ import torch
 
 from mimbench.targets import build_target
 from mimbench.targets.clip import clip_target
-from tests.conftest import run_cli
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
