@@ -164,7 +164,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
         run.truncate_metrics(start)
         log.info("resuming %s at step %d of %d", run.path, start, total)
     if start >= total:
-        log.info("%s already finished %d steps; nothing to do", run.path, total)
+        log.warning("%s already finished its %d steps; nothing to do", run.path, total)
         return json.loads(run.results.read_text()) if run.results.exists() else {}
 
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,

@@ -132,6 +132,8 @@ def test_existing_run_directory_is_not_overwritten(cli, tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
     result = cli("pretrain", "--resume", out)  # a finished run resumes as a no-op
     assert result.returncode == 0, result.stderr
+    assert "already finished its 6 steps" in result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
 
 
 def test_targets_list_json(cli):
