@@ -20,7 +20,7 @@ class DVAETeacherConfig:
     image_size: int = 64
     difficulty: int = 0
     images: int = 20_000  # scenes from the world's `teacher` split (captions unused)
-    crop: int = 32  # train on random crops: the encoder is convolutional, and 4x cheaper so
+    crop: int = 32  # train on random crops: 4x cheaper, and the encoder is convolutional
     steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
