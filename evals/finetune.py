@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimbench.errors import DataError
 from mimbench.evals.data import Batches, eval_dataset, fingerprint, to_student_input
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
@@ -36,8 +37,9 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     started = time.perf_counter()
     cfg = config.finetune
     train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
-    classes = max(int(train_set[i][1]) for i in range(min(len(train_set), 2000))) + 1
-    classes = getattr(train_set, "num_classes", classes)
+    classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
+    if not classes:
+        raise DataError("fine-tuning needs labelled data: point eval_data at class sub-folders.")
     size = config.student.img_size
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
