@@ -17,6 +17,7 @@ RESULT_NAMES = {"linear": "linear_probe", "finetune": "finetune", "segmentation"
 def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
     """Run evaluations `names` on `source` (run dir, checkpoint or timm:<name>); merge their
     results into out/results.json and return that file's content."""
+    from mimbench.engine import RunDir
     from mimbench.evals.backbone import load_backbone
     from mimbench.evals.finetune import finetune
     from mimbench.evals.linear_probe import linear_probe
@@ -25,8 +26,8 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:
         raise ConfigError(f"unknown evaluation '{unknown[0]}'; available: {', '.join(RESULT_NAMES)}.")
-    results_file = Path(out) / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    run = RunDir(out)
+    results = json.loads(run.results.read_text()) if run.results.exists() else {}
     for name in names:
         encoder, description = load_backbone(source, config)  # fresh: fine-tuning changes it
         if name == "linear":
@@ -36,8 +37,6 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
         else:
             result = segmentation(encoder, config, description, progress, preset)
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result
-        Path(out).mkdir(parents=True, exist_ok=True)
-        tmp = results_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(results_file)  # each finished evaluation is kept even if a later one fails
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_results(results)  # each finished evaluation is kept even if a later one fails
     return results

@@ -76,7 +76,7 @@ def _pretrain(target, preset, config_file, overrides, out, resume):
                   highlight=False)
     with ProgressBars() as report:
         results = pretrain(config, run, report)
-    return run, results
+    return run, config, results
 
 
 class ProgressBars:
@@ -129,7 +129,7 @@ def print_results(run, results: dict) -> None:
 @config_options
 def pretrain(target, preset, config_file, overrides, out, resume):
     """Pre-train a student with a target; writes a run directory."""
-    run, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume)
     print_results(run, results)
 
 
@@ -139,8 +139,7 @@ def run(target, preset, config_file, overrides, out, resume):
     """Pre-train, then run the evaluations in run.evals; prints a results table."""
     from mimbench.evals import run_evals
 
-    run_dir, results = _pretrain(target, preset, config_file, overrides, out, resume)
-    config = cfg.from_dict(cfg.load_yaml(run_dir.config))
+    run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume)
     if config.run.evals:
         with ProgressBars() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
@@ -167,7 +166,7 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     if checkpoint_path:
         saved = Path(checkpoint_path) / "config.yaml" if Path(checkpoint_path).is_dir() else None
         if saved is not None and saved.exists():  # evaluate with the shape the run was trained at
-            config = cfg.apply(config, {"student": cfg.to_dict(cfg.from_dict(cfg.load_yaml(saved)))["student"]})
+            config = cfg.apply(config, {"student": cfg.load_yaml(saved)["student"]})
     out = Path(out or (checkpoint_path if checkpoint_path and Path(checkpoint_path).is_dir() else
                        f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"))
     with ProgressBars() as report:
