@@ -37,16 +37,21 @@ def fingerprint(dataset, name: str, options: dict) -> str:
 
 
 class Batches:
-    """Iterate (images [B, 3, S, S], labels [B]) over a dataset in order."""
+    """Iterate (images [B, 3, S, S], labels [B]) over a dataset, in order or in `order`;
+    with drop_last, only full batches."""
 
-    def __init__(self, dataset, size: int, batch_size: int = 256):
+    def __init__(self, dataset, size: int, batch_size: int = 256, order=None, drop_last=False):
         self.dataset, self.size, self.batch_size = dataset, size, batch_size
+        self.order = list(range(len(dataset))) if order is None else [int(i) for i in order]
+        self.drop_last = drop_last
 
     def __len__(self):
-        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+        if self.drop_last:
+            return len(self.order) // self.batch_size
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        for start in range(0, len(self.dataset), self.batch_size):
-            items = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
+        for b in range(len(self)):
+            items = [self.dataset[i] for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
             yield (torch.stack([to_student_input(im, self.size) for im, _ in items]),
                    torch.tensor([label for _, label in items]))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimbench.errors import DataError
-from mimbench.evals.data import Batches, eval_dataset, fingerprint, to_student_input
+from mimbench.evals.data import Batches, eval_dataset, fingerprint
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
 REFERENCES = {  # PROTOCOLS.md: ImageNet-1k fine-tuning top-1, ViT-B/16
@@ -59,10 +59,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
 
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
-        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-            items = [train_set[int(j)] for j in order[i:i + cfg.batch_size]]
-            yield (torch.stack([to_student_input(im, size) for im, _ in items]),
-                   torch.tensor([label for _, label in items]))
+        return Batches(train_set, size, cfg.batch_size, order, drop_last=True)
 
     def loss_fn(m, batch):
         x, y = batch
