@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,11 +73,20 @@ def _pretrain(target, preset, config_file, overrides, out, resume):
         config = cfg.resolve(preset, config_file, target, tuple(overrides))
         run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                        resume=False)
-    console.print(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]",
-                  highlight=False)
+    say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
     with ProgressBars() as report:
-        results = pretrain(config, run, report)
+        results = pretrain(config, run, report, say)
     return run, config, results
+
+
+def is_main_process() -> bool:
+    """False in every torchrun process but rank 0, which alone prints and evaluates."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        console.print(message, highlight=False)
 
 
 class ProgressBars:
@@ -107,6 +117,8 @@ class ProgressBars:
 
 
 def print_results(run, results: dict) -> None:
+    if not is_main_process():
+        return
     table = Table(title=f"results: {run.path}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -140,7 +152,7 @@ def run(target, preset, config_file, overrides, out, resume):
     from mimbench.evals import run_evals
 
     run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume)
-    if config.run.evals:
+    if config.run.evals and is_main_process():  # evaluations run in rank 0 only
         with ProgressBars() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
                                 preset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -13,25 +14,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from mimbench import checkpoint, config as cfg, teachers
+from mimbench import checkpoint, config as cfg, distributed, teachers
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler
 from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
-from mimbench.losses import check_loss, masked_loss, standardize_channels
+from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.student import Student, no_weight_decay_names
 from mimbench.targets import TARGETS
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int, dict], None]  # (task, step, total steps, latest metrics)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_target_for(config: Config, progress: ProgressFn | None = None):
@@ -67,10 +63,10 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
-def schedule(config: Config, dataset_size: int) -> dict:
+def schedule(config: Config, dataset_size: int, world_size: int = 1) -> dict:
     """Total and warmup optimizer steps, effective batch and peak lr the config implies."""
     o = config.optim
-    batch = o.batch_size * o.accum_steps  # one process; distributed runs multiply by world size
+    batch = o.batch_size * o.accum_steps * world_size
     steps_per_epoch = max(1, dataset_size // batch)
     if o.steps is not None:
         total = o.steps
@@ -135,10 +131,26 @@ def open_run(out: str | Path, resume: bool) -> RunDir:
     return run
 
 
-def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) -> dict:
-    """Pre-train (or continue) the run in `run`; returns the results written to results.json."""
-    device = resolve_device(config.run.device)
-    provider = build_target_for(config, progress)
+def accumulation_steps(config: Config, world: distributed.World, saved: dict | None) -> int:
+    """Accumulation steps for this launch. A resumed run keeps the effective batch it started
+    with, whatever the number of processes now: accumulation makes up the difference."""
+    o = config.optim
+    if saved is None or saved["effective_batch"] == o.batch_size * o.accum_steps * world.size:
+        return o.accum_steps
+    wanted, per_step = saved["effective_batch"], o.batch_size * world.size
+    if wanted % per_step:
+        raise ConfigError(f"this run's effective batch is {wanted}, which {world.size} process(es) "
+                          f"x optim.batch_size {o.batch_size} does not divide; resume with a "
+                          f"number of processes that does.")
+    return wanted // per_step
+
+
+def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
+             notify: Callable[[str], None] | None = None) -> dict:
+    """Pre-train (or continue) the run in `run`; returns the results written to results.json.
+    Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes."""
+    world, device = distributed.init(config.run.device)
+    provider = build_target_for(config, progress if world.is_main else None)
     spec = provider.spec
     loss_name = config.target.loss or spec.loss
     check_loss(loss_name, spec.kind, config.target.name)
@@ -146,31 +158,41 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
         provider.to(device)
 
     images = build_dataset(config.data.name, **config.data.options)
-    plan = schedule(config, len(images))
-    run.path.mkdir(parents=True, exist_ok=True)  # only now that the target and data are usable
-    if not run.config.exists():
-        run.config.write_text(cfg.dump_yaml(config))
+    state = checkpoint.load_latest(run.path) if run.path.exists() else None
+    accum = accumulation_steps(config, world, state and state["plan"])
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, accum_steps=accum))
+    plan = schedule(config, len(images), world.size)
+    if world.is_main:  # the run directory appears only once the target and data are usable
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not run.config.exists():
+            run.config.write_text(cfg.dump_yaml(config))
     total, batch = plan["total_steps"], config.optim.batch_size
-
-    state = checkpoint.load(run.checkpoint) if run.checkpoint.exists() else None
     start = state["step"] if state else 0
+    if notify and world.is_main:
+        notify(f"effective batch {plan['effective_batch']} = {batch} per process x {world.size} "
+               f"process(es) x {accum} accumulation step(s); peak lr {plan['peak_lr']:.3g}")
+
     torch.manual_seed(config.run.seed)
     student = Student(config.student, spec).to(device)
     optimizer = build_optimizer(student, config)
     if state:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        run.truncate_metrics(start)
+        if world.is_main:
+            run.truncate_metrics(start)
         log.info("resuming %s at step %d of %d", run.path, start, total)
     if start >= total:
-        log.warning("%s already finished its %d steps; nothing to do", run.path, total)
+        if notify and world.is_main:
+            notify(f"{run.path} already finished its {total} steps; nothing to do.")
+        distributed.shutdown()
         return json.loads(run.results.read_text()) if run.results.exists() else {}
+    model = DistributedDataParallel(student) if world.distributed else student
 
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
                      build_masking(config.mask, config.student.grid), config.data.crop_scale,
                      config.data.hflip, config.data.color_jitter)
-    sampler = StreamSampler(len(images), config.run.seed, start=start * plan["effective_batch"])
+    sampler = StreamSampler(len(images), config.run.seed, start=start * plan["effective_batch"],
+                            rank=world.rank, world_size=world.size)
     loader = torch.utils.data.DataLoader(
         MIMDataset(images, views, config.run.seed), batch_size=batch, sampler=sampler,
         num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
@@ -181,32 +203,24 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
     started, window_start, window_images = time.perf_counter(), time.perf_counter(), 0
     metrics = {}
     for step in range(start, total):
+        # all randomness of a step is a function of (seed, rank, step): resume is exact
+        torch.manual_seed(config.run.seed * 1_000_003 + world.rank * 7_919 + step)
         lr = lr_at(step, total, plan["warmup_steps"], plan["peak_lr"], config.optim.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
-        for _ in range(config.optim.accum_steps):
-            b = next(batches)
-            student_view = b["student"].to(device, non_blocking=True)  # [B, 3, S, S]
-            teacher_view = b["teacher"].to(device, non_blocking=True)  # [B, 3, T, T]
-            mask = b["mask"].to(device, non_blocking=True)  # [B, N]
-            with torch.inference_mode(), autocast(device, config.run.teacher_amp):
-                target = provider(teacher_view)  # [B, N, D] or [B, N]
-            target = target.clone()  # an ordinary tensor, usable in autograd
-            if spec.kind == "features":
-                target = target.float()
-                if config.target.standardize:
-                    target = standardize_channels(target)
-            with autocast(device, config.optim.amp):
-                pred = student(student_view, mask)  # [B, N, dim]
-            loss = masked_loss(pred, target, mask, loss_name)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at step {step}; the last good checkpoint in "
-                    f"'{run.path}' is kept: lower optim.lr, raise optim.warmup_steps, or set "
-                    f"optim.amp=none, then --resume.")
-            (loss / config.optim.accum_steps).backward()
-            step_loss += loss.item() / config.optim.accum_steps
+        micro = [next(batches) for _ in range(accum)]
+        try:
+            step_loss = train_step(model, provider, spec, micro, loss_name, config, device)
+        except torch.OutOfMemoryError:
+            raise MimbenchError(
+                f"out of memory at step {step}; the last good checkpoint in '{run.path}' is kept: "
+                f"lower optim.batch_size and raise optim.accum_steps by the same factor (same "
+                f"effective batch), or set optim.amp=bf16, then start again.") from None
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(
+                f"the loss became {step_loss} at step {step}; the last good checkpoint in "
+                f"'{run.path}' is kept: lower optim.lr, raise optim.warmup_steps, or set "
+                f"optim.amp=none, then --resume.")
         if config.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(student.parameters(), config.optim.clip_grad)
         optimizer.step()
@@ -218,19 +232,57 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None) ->
         if done % config.run.log_every == 0 or done == total:
             elapsed = time.perf_counter() - window_start
             metrics["img_per_s"] = window_images / max(elapsed, 1e-9)
-            run.log_metrics(metrics)
+            if world.is_main:
+                run.log_metrics(metrics)
             window_start, window_images = time.perf_counter(), 0
-        if done % config.run.checkpoint_every == 0 or done == total:
+        if (done % config.run.checkpoint_every == 0 or done == total) and world.is_main:
             checkpoint.save_atomic({"step": done, "student": student.state_dict(),
-                                    "optimizer": optimizer.state_dict(),
-                                    "rng": torch.get_rng_state(), "config": cfg.to_dict(config)},
-                                   run.checkpoint)
-        if progress:
+                                    "optimizer": optimizer.state_dict(), "plan": plan,
+                                    "config": cfg.to_dict(config)}, run.checkpoint,
+                                   keep_previous=True)
+        if progress and world.is_main:
             progress("pre-training", done, total, metrics)
 
     results = {"pretrain": {"steps": total, "final_loss": metrics["loss"], "loss": loss_name,
-                            "wall_time_s": time.perf_counter() - started, **plan},
+                            "wall_time_s": time.perf_counter() - started,
+                            "world_size": world.size, **plan},
                "target": {"name": config.target.name, **asdict(spec)},
                "config": cfg.to_dict(config)}
-    run.write_results(results)
+    if world.is_main:
+        run.write_results(results)
+    distributed.barrier()
+    distributed.shutdown()
     return results
+
+
+def train_step(model, provider, spec, micro: list[dict], loss_name: str, config: Config,
+               device: torch.device) -> float:
+    """Forward and backward over this process's micro-batches; returns the step's loss over
+    all processes. Targets are standardised with moments of the whole effective batch, and
+    the loss is a sum over masked tokens divided by their count in the whole effective batch,
+    so the gradient equals one process's over one batch of that size."""
+    targets = []
+    with torch.inference_mode(), autocast(device, config.run.teacher_amp):
+        for b in micro:
+            targets.append(provider(b["teacher"].to(device, non_blocking=True)))  # [B, N, D] or [B, N]
+    targets = [t.clone() for t in targets]  # ordinary tensors, usable in autograd
+    if spec.kind == "features":
+        targets = [t.float() for t in targets]
+        if config.target.standardize:
+            moments = distributed.sum_all(channel_moments(targets))
+            targets = [standardize_channels(t, moments) for t in targets]
+    masks = [b["mask"].to(device, non_blocking=True) for b in micro]  # each [B, N]
+    masked = distributed.sum_all(sum(m.sum() for m in masks).double())
+    world_size = torch.distributed.get_world_size() if isinstance(model, DistributedDataParallel) else 1
+    scale = world_size / masked.item()  # DDP averages gradients over processes
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, (b, target, mask) in enumerate(zip(micro, targets, masks)):
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or world_size == 1 else model.no_sync()
+        with sync:
+            with autocast(device, config.optim.amp):
+                pred = model(b["student"].to(device, non_blocking=True), mask)  # [B, N, dim]
+            token_loss = token_losses(pred, target, mask, loss_name).sum()
+            (token_loss * scale).backward()
+        loss_sum += token_loss.detach().double()
+    return (distributed.sum_all(loss_sum) / masked).item()

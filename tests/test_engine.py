@@ -9,6 +9,7 @@ from mimbench.engine import RunDir, lr_at, pretrain, schedule
 from mimbench.errors import ConfigError, TrainingDiverged
 from mimbench.masking import RandomMasking
 from mimbench.registry import Entry
+from mimbench.student import Student
 from mimbench.targets import TARGETS
 from mimbench.targets.pixels import PixelTarget
 
@@ -105,10 +106,10 @@ def test_teacher_gets_no_gradients_and_stays_in_eval_mode(tmp_path, monkeypatch)
 
 
 def test_accumulation_gives_the_same_update_as_one_big_batch(tmp_path):
-    """Two micro-batches of 4 = one batch of 8: the same samples (one data stream) and, with a
-    fixed masked count per image, the same loss; so the same weights after a step. (Per-channel
-    target standardisation uses each micro-batch's statistics, so it is off here.)"""
-    common = ("mask.kind=random", "optim.steps=2", "optim.clip_grad=null", "target.standardize=false")
+    """Two micro-batches of 4 = one batch of 8: the same samples (one data stream), targets
+    standardised with the moments of all 8, and the loss divided by the masked count of all 8
+    (block masking masks a different number of patches per image); so the same weights."""
+    common = ("optim.steps=2", "optim.clip_grad=null", "target.standardize=true")
     big = cfg.resolve("smoke", target="pixels", overrides=(*common, "optim.batch_size=8"))
     small = cfg.resolve("smoke", target="pixels",
                         overrides=(*common, "optim.batch_size=4", "optim.accum_steps=2"))
@@ -118,3 +119,28 @@ def test_accumulation_gives_the_same_update_as_one_big_batch(tmp_path):
         weights.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["student"])
     for key in weights[0]:
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
+
+
+def test_micro_batches_with_unequal_masked_counts_give_the_big_batch_gradient():
+    """train_step over two micro-batches whose masks hide 3 and 11 patches gives the gradient
+    and loss of one batch holding both: every masked token weighs the same."""
+    c = cfg.resolve("smoke", target="pixels", overrides=("target.standardize=true",))
+    provider = PixelTarget(img_size=32, patch_size=8)
+    g = torch.Generator().manual_seed(0)
+    micro = []
+    for hidden in (3, 11):
+        mask = torch.zeros(2, 16, dtype=torch.bool)
+        mask[:, torch.randperm(16, generator=g)[:hidden]] = True
+        micro.append({"student": torch.randn(2, 3, 32, 32, generator=g),
+                      "teacher": torch.rand(2, 3, 32, 32, generator=g), "mask": mask})
+    whole = [{k: torch.cat([m[k] for m in micro]) for k in micro[0]}]
+    grads, losses = [], []
+    for batches in (micro, whole):
+        torch.manual_seed(0)
+        student = Student(c.student, provider.spec)
+        losses.append(engine.train_step(student, provider, provider.spec, batches, "mse", c,
+                                        torch.device("cpu")))
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for name in grads[1]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
