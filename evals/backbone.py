@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
 from mimbench import checkpoint, config as cfg
 from mimbench.errors import ConfigError
+from mimbench.export import encoder_weights
 from mimbench.student import build_encoder
 
 
 def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
     """The timm encoder named by `source`, and a description for the protocol card.
 
-    source: a run directory or checkpoint file (the student's encoder, MIM head dropped);
+    source: a run directory or checkpoint file (the student's encoder, MIM head dropped), an
+    exported folder (timm local-dir);
     'timm:<name>' (that timm architecture with the config's student shape, random init,
     e.g. 'timm:random' for the student's own architecture: the random-init floor).
     """
@@ -26,15 +30,31 @@ def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
         torch.manual_seed(config.run.seed)
         return build_encoder(student), f"random init {student.model}"
     path = Path(source)
-    ckpt_file = path / checkpoint.CHECKPOINT if path.is_dir() else path
-    if not ckpt_file.exists():
+    if (path / "config.json").exists():  # an exported folder
+        return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}"
+    if not path.exists():
         raise ConfigError(f"'{source}' is neither a run directory, a checkpoint nor timm:<name>.")
-    state = checkpoint.load(ckpt_file)
-    student_config = cfg.from_dict(state["config"]).student
-    encoder = build_encoder(student_config)
-    weights = {k[len("encoder."):]: v for k, v in state["student"].items() if k.startswith("encoder.")}
-    encoder.load_state_dict(weights)
-    return encoder, f"{ckpt_file} (step {state['step']})"
+    state = checkpoint.load_latest(path) if path.is_dir() else checkpoint.load(path)
+    if state is None:
+        raise ConfigError(f"run directory '{source}' holds no checkpoint yet.")
+    encoder = build_encoder(cfg.from_dict(state["config"]).student)
+    encoder.load_state_dict(encoder_weights(state))
+    return encoder, f"{source} (step {state['step']})"
+
+
+def saved_student(source: str) -> dict | None:
+    """The student section `source` was trained with: a run directory's config.yaml, or the
+    architecture an exported folder's config.json records; None for other sources."""
+    path = Path(source)
+    if (path / "config.yaml").exists():
+        return cfg.load_yaml(path / "config.yaml")["student"]
+    if (path / "config.json").exists():
+        exported = json.loads((path / "config.json").read_text())
+        args = exported["model_args"]
+        size = args["img_size"]
+        return {"model": exported["architecture"], "img_size": size if isinstance(size, int) else size[0],
+                **{k: args[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}}
+    return None
 
 
 def pooled_features(encoder: nn.Module, images: torch.Tensor, block: int, pooling: str) -> torch.Tensor:

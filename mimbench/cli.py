@@ -171,19 +171,32 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     """Evaluate a checkpoint or a timm model with one protocol; writes results.json."""
     from mimbench.engine import RunDir
     from mimbench.evals import run_evals
+    from mimbench.evals.backbone import saved_student
 
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
     config = cfg.resolve(preset, overrides=tuple(overrides))
-    if checkpoint_path:
-        saved = Path(checkpoint_path) / "config.yaml" if Path(checkpoint_path).is_dir() else None
-        if saved is not None and saved.exists():  # evaluate with the shape the run was trained at
-            config = cfg.apply(config, {"student": cfg.load_yaml(saved)["student"]})
+    student = checkpoint_path and saved_student(checkpoint_path)
+    if student:  # evaluate with the shape the model was trained at
+        config = cfg.apply(config, {"student": student})
     out = Path(out or (checkpoint_path if checkpoint_path and Path(checkpoint_path).is_dir() else
                        f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"))
     with ProgressBars() as report:
         results = run_evals([evaluation], config, checkpoint_path or model, out, report, preset)
     print_results(RunDir(out), results)
+
+
+@main.command("export")
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write config.json and model.safetensors to.")
+def export_command(checkpoint_path, out):
+    """Write the student of a run directory or checkpoint as a timm model folder
+    (load it with timm.create_model("local-dir:OUT", pretrained=True))."""
+    from mimbench.export import export
+
+    folder = export(checkpoint_path, out)
+    say(f"exported to [bold]{folder}[/]: timm.create_model(\"local-dir:{folder}\", pretrained=True)")
 
 
 @main.group()

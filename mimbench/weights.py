@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -59,3 +60,26 @@ def require_network(what: str, url: str) -> None:
             f"{what} are not on this machine and {urlparse(url).hostname} cannot be reached; "
             f"download {url} on a machine with network and pass it with "
             f"--set target.weights=/path/to/{Path(urlparse(url).path).name or 'file'}.")
+
+
+def mismatch(error: Exception, weights, model: str) -> WeightsUnavailableError | None:
+    """A short error naming the mismatching keys, when `error` is torch's load_state_dict
+    failure for weights of another architecture; None for any other error."""
+    text = str(error)
+    if "Error(s) in loading state_dict" not in text and "size mismatch" not in text:
+        return None
+    parts = []
+    for label, pattern in (("missing", r'Missing key\(s\) in state_dict: ([^\n]*)'),
+                           ("unexpected", r'Unexpected key\(s\) in state_dict: ([^\n]*)')):
+        found = re.search(pattern, text)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape torch.Size\((\[[^]]*\])\)"
+                       r" from checkpoint, the shape in current model is torch.Size\((\[[^]]*\])\)", text)
+    if sizes:
+        shown = ", ".join(f"{k} {a} vs {b}" for k, a, b in sizes[:3])
+        parts.append(f"{len(sizes)} of another shape (e.g. {shown})")
+    return WeightsUnavailableError(f"weights '{weights}' do not fit '{model}': keys "
+                                   f"{'; '.join(parts) or text[:300]}. Check target.model and "
+                                   f"target.weights.")

@@ -11,7 +11,7 @@ from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
 from mimbench.targets.frozen import FrozenFeatures, block_index
-from mimbench.weights import local_file, require_network
+from mimbench.weights import local_file, mismatch, require_network
 
 log = logging.getLogger(__name__)
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -41,7 +41,7 @@ def clip_target(model: str = "ViT-B-16", weights: str | None = "openai", layer: 
     except RuntimeError as e:
         if "not found" in str(e) and "Model config" in str(e):
             raise ConfigError(f"open_clip has no model '{model}'; see open_clip.list_models().") from None
-        raise
+        raise mismatch(e, weights, model) or e from None
     visual = net.visual.eval()  # before any forward: a ResNet tower's BatchNorm must not update
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
     size = input_size or size

@@ -8,7 +8,7 @@ from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
 from mimbench.targets.frozen import FrozenFeatures, block_index
-from mimbench.weights import local_file, require_network
+from mimbench.weights import local_file, mismatch, require_network
 
 
 @register_target("timm")
@@ -39,10 +39,7 @@ def timm_target(model: str = "vit_base_patch16_224.dino", weights: str | None = 
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ConfigError(f"timm has no model '{model}'; see timm.list_models().") from None
-        if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
-            raise ConfigError(f"weights '{weights}' do not fit timm model '{model}': "
-                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}")
-        raise
+        raise mismatch(e, weights, model) or e from None
     if not hasattr(net, "forward_intermediates") or not hasattr(net, "patch_embed"):
         raise ConfigError(f"timm model '{model}' has no patch tokens; use a ViT-like model.")
     index = block_index(layer, len(net.blocks), f"timm model '{model}'")
