@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from mimbench.errors import DataError
 from mimbench.evals.backbone import pooled_features
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
+from mimbench.evals.lars import LARS
 from mimbench.targets.frozen import block_index
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,18 @@ def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
 
 
 def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
-    """MAE's protocol on cached features: BatchNorm without affine, a linear layer, SGD with
-    momentum 0.9, lr = base_lr * batch / 256, linear warmup then cosine, per step."""
+    """MAE's protocol on cached features: BatchNorm without affine, a linear layer, LARS (or
+    SGD) with momentum 0.9, lr = base_lr * batch / 256, linear warmup then cosine, per step."""
     torch.manual_seed(seed)
     head = torch.nn.Sequential(torch.nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6),
                                torch.nn.Linear(train_x.shape[1], classes))
     torch.nn.init.trunc_normal_(head[1].weight, std=0.01)
     torch.nn.init.zeros_(head[1].bias)
     lr = cfg.base_lr * cfg.batch_size / 256
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     g = torch.Generator().manual_seed(seed)

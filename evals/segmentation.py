@@ -8,9 +8,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from mimbench.data import build_dataset
+from mimbench.data.seg_augment import augment
+from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
+from mimbench.errors import ConfigError
 from mimbench.evals.data import fingerprint, to_student_input
 from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
@@ -104,6 +108,15 @@ def _batch(dataset, indices, size: int):
     return x, y  # [B, 3, S, S], [B, S, S]
 
 
+def _augmented_batch(dataset, indices, cfg, g: torch.Generator):
+    if cfg.crop is None:
+        raise ConfigError("segmentation.augment needs segmentation.crop (BEiT: 512).")
+    pairs = [augment(*dataset[int(i)], cfg.crop, g, cfg.scale, cfg.ratio_range, cfg.cat_max_ratio)
+             for i in indices]
+    x = torch.stack([TF.normalize(image, STUDENT_MEAN, STUDENT_STD) for image, _ in pairs])
+    return x, torch.stack([label for _, label in pairs])  # [B, 3, crop, crop], [B, crop, crop]
+
+
 @torch.no_grad()
 def predict(model: Segmenter, images: torch.Tensor, crop: int | None, stride: int | None, classes: int):
     """[B, 3, H, W] -> [B, classes, H, W] logits: whole images, or the average over sliding
@@ -138,7 +151,9 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
         for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-            yield _batch(train_set, order[i:i + cfg.batch_size], size)
+            indices = order[i:i + cfg.batch_size]
+            yield _augmented_batch(train_set, indices, cfg, g) if cfg.augment else \
+                _batch(train_set, indices, size)
 
     def loss_fn(m, batch):
         x, y = batch

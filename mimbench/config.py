@@ -116,7 +116,8 @@ class LinearProbeConfig:
     regularisation: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     holdout: float = 0.2
     max_iter: int = 300
-    # mae: BatchNorm without affine + linear, SGD with momentum, warmup then cosine
+    # mae: BatchNorm without affine + linear, LARS or SGD with momentum, warmup then cosine
+    optimizer: Literal["lars", "sgd"] = "sgd"
     epochs: int = 90
     warmup_epochs: int = 10
     batch_size: int = 256
@@ -157,7 +158,13 @@ class SegmentationConfig:
     channels: int = 64  # UperNet width (768 at paper scale)
     aux_weight: float = 0.4
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
-    crop: int | None = None  # sliding-window inference with this window (None: whole image)
+    # training augmentation (BEiT/mmseg): rescale `scale` x ratio_range, crop `crop` with no
+    # class over cat_max_ratio, flip, photometric distortion; off: whole images resized
+    augment: bool = False
+    scale: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    crop: int | None = None  # training crop and sliding-window side (None: whole image)
     stride: int | None = None
     dataset: str | None = None  # None: eval_data's dataset with label maps; or "ade20k"
     root: str | None = None  # the ADE20K folder (ADEChallengeData2016)
@@ -212,8 +219,9 @@ PRESETS: dict[str, dict] = {
                   "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
         "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50},
         "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None}},
-        # MAE's linear probe (PROTOCOLS.md); LARS is replaced by SGD with momentum
-        "linear": {"protocol": "mae", "pooling": "cls", "block": -1, "batch_size": 16384,
+        # MAE's linear probe (PROTOCOLS.md)
+        "linear": {"protocol": "mae", "optimizer": "lars", "pooling": "cls", "block": -1,
+                   "batch_size": 16384,
                    "base_lr": 0.1, "epochs": 90, "warmup_epochs": 10, "weight_decay": 0.0},
         "finetune": {"steps": None, "epochs": 100, "batch_size": 1024, "lr": 4e-3,
                      "layer_decay": 0.65, "weight_decay": 0.05, "warmup_steps": None,
@@ -222,7 +230,8 @@ PRESETS: dict[str, dict] = {
         "segmentation": {"steps": 160_000, "batch_size": 16, "lr": 1e-3, "layer_decay": 0.65,
                          "weight_decay": 0.05, "warmup_steps": 1500, "poly_power": 1.0,
                          "drop_path": 0.1, "channels": 768, "aux_weight": 0.4,
-                         "pool_scales": (1, 2, 3, 6), "crop": 512, "stride": 341,
+                         "pool_scales": (1, 2, 3, 6), "augment": True, "scale": (2048, 512),
+                         "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75, "crop": 512, "stride": 341,
                          "dataset": "ade20k"},
     },
 }

@@ -62,8 +62,28 @@ def test_paper_preset_evaluations_are_the_published_ones():
     assert (s.poly_power, s.drop_path, s.channels, s.aux_weight, s.pool_scales) == \
         (1.0, 0.1, 768, 0.4, (1, 2, 3, 6))
     assert (s.crop, s.stride, s.dataset) == (512, 341, "ade20k")
-    assert (lp.protocol, lp.pooling, lp.block, lp.batch_size, lp.base_lr, lp.epochs, lp.warmup_epochs) == \
-        ("mae", "cls", -1, 16384, 0.1, 90, 10)
+    assert (s.augment, s.scale, s.ratio_range, s.cat_max_ratio) == (True, (2048, 512), (0.5, 2.0), 0.75)
+    assert (lp.protocol, lp.optimizer, lp.pooling, lp.block, lp.batch_size, lp.base_lr, lp.epochs,
+            lp.warmup_epochs) == ("mae", "lars", "cls", -1, 16384, 0.1, 90, 10)
+
+
+def test_lars_step_equals_the_rule_computed_by_hand():
+    from mimbench.evals.lars import LARS
+
+    w = torch.tensor([[3.0, 4.0]], requires_grad=True)  # ||w|| = 5
+    b = torch.tensor([1.0], requires_grad=True)
+    opt = LARS([w, b], lr=0.5, weight_decay=0.1, momentum=0.9, trust_coefficient=0.01)
+    for step in range(2):
+        w.grad, b.grad = torch.tensor([[0.0, 2.0]]), torch.tensor([0.25])
+        opt.step()
+    # step 1: u = g + 0.1 w = [0.3, 2.4]; trust = 0.01 * 5 / ||u||; w -= 0.5 * trust * u
+    u1 = torch.tensor([0.3, 2.4])
+    m1 = 0.01 * 5 / u1.norm() * u1
+    w1 = torch.tensor([3.0, 4.0]) - 0.5 * m1
+    u2 = torch.tensor([0.0, 2.0]) + 0.1 * w1
+    m2 = 0.9 * m1 + 0.01 * w1.norm() / u2.norm() * u2
+    assert torch.allclose(w.detach()[0], w1 - 0.5 * m2, atol=1e-6)
+    assert torch.allclose(b.detach(), torch.tensor([1.0 - 0.5 * 0.25 - 0.5 * (0.9 * 0.25 + 0.25)]))
 
 
 def test_eval_a_timm_baseline_from_the_cli(cli, tmp_path):
