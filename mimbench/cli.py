@@ -200,6 +200,68 @@ def export_command(checkpoint_path, out):
 
 
 @main.group()
+def suite():
+    """Run grids of targets x seeds x ablations and report the gap with confidence intervals."""
+
+
+@suite.command("list")
+def suite_list():
+    """The suites shipped with mimbench."""
+    from mimbench.suites import schema
+
+    for name in schema.shipped():
+        loaded = schema.load(name)
+        click.echo(f"{name}: {len(loaded.runs())} runs; {' '.join(loaded.description.split())}")
+
+
+@suite.command("run")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Suite folder (default: suites-out/<name>); run again to continue it.")
+@click.option("--dry-run", is_flag=True, help="Print the runs and the compute estimate, run nothing.")
+def suite_run(name, out, dry_run):
+    """Run suite NAME (a shipped name or a .yaml path): what is not finished yet, then
+    report.md, results.json and PNG plots."""
+    from mimbench.suites import schema
+
+    loaded = schema.load(name)
+    runs = loaded.runs()
+    if dry_run:
+        print_estimate(loaded, runs)
+        return
+    from mimbench.suites.report import write_report
+    from mimbench.suites.runner import run_suite
+
+    folder = Path(out or f"suites-out/{loaded.name}")
+    say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
+    with ProgressBars() as report:
+        rows = run_suite(loaded, folder, report, say)
+    path = write_report(loaded, rows, folder)
+    say(f"report: [bold]{path}[/]")
+    click.echo(path.read_text().split("## ")[0].strip())
+
+
+def print_estimate(loaded, runs) -> None:
+    from mimbench.suites.estimate import estimate
+
+    figures = estimate(runs)
+    table = Table(title=f"suite {loaded.name}: {len(runs)} runs (dry run)")
+    for column in ("run", "target", "seed", "grid point", "images", "TFLOPs"):
+        table.add_column(column)
+    for spec, row in zip(runs, figures["runs"]):
+        table.add_row(spec.id, spec.target, str(spec.seed), json.dumps(spec.point) if spec.point else "-",
+                      f"{row['images']:,}", f"{row['flops'] / 1e12:,.1f}")
+    Console().print(table)
+    click.echo(f"total: {figures['total_flops'] / 1e15:,.2f} PFLOPs ({figures['counted']}).")
+    click.echo(f"this machine: >= {figures['cpu_hours']:,.1f} h at its measured matmul rate "
+               f"({figures['cpu_rate'] / 1e9:,.0f} GFLOP/s); {figures['gpu']}: "
+               f"{figures['gpu_hours']:,.1f} GPU-hours.")
+    notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
+    if notes:
+        click.echo(f"images per epoch: {'; '.join(notes)}.")
+
+
+@main.group()
 def teachers():
     """Build and inspect the tiny teachers trained in-project on the world."""
 

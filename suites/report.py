@@ -1,0 +1,166 @@
+"""A suite's report: the gap between two targets with a confidence interval, a table per
+evaluation, expectations checked, and plots (bars with CIs, loss curves, ablation lines)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from mimbench.suites.schema import METRICS, Suite
+
+CONFIDENCE = 0.95
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the 95 % Student-t interval of the mean (NaN bounds with one value)."""
+    m = float(np.mean(values))
+    if len(values) < 2:
+        return m, math.nan, math.nan
+    low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=m, scale=stats.sem(values))
+    return m, float(low), float(high)
+
+
+def paired_gap(rows: list[dict], a: str, b: str, metric: str) -> dict | None:
+    """a minus b over the seeds both ran (default grid point): mean, 95 % CI and p-value of a
+    paired t-test; None when fewer than one pair exists."""
+    by_seed = {t: {r["seed"]: r["metrics"][metric] for r in rows
+                   if r["target"] == t and metric in r["metrics"]} for t in (a, b)}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    if not seeds:
+        return None
+    x, y = np.array([by_seed[a][s] for s in seeds]), np.array([by_seed[b][s] for s in seeds])
+    gap = {"metric": metric, "a": a, "b": b, "n": len(seeds), "mean": float((x - y).mean()),
+           "low": math.nan, "high": math.nan, "p": math.nan}
+    if len(seeds) >= 2 and np.ptp(x - y) > 0:
+        test = stats.ttest_rel(x, y)
+        ci = test.confidence_interval(CONFIDENCE)
+        gap |= {"low": float(ci.low), "high": float(ci.high), "p": float(test.pvalue)}
+    return gap
+
+
+def describe_gap(gap: dict) -> str:
+    unit = gap["metric"].split(".")[-1]
+    text = f"{gap['a']} vs {gap['b']}: {gap['mean']:+.1f} {unit}"
+    if math.isnan(gap["low"]):
+        return text + f" (n = {gap['n']} seed(s): too few for a confidence interval)"
+    verdict = ("the difference is significant" if gap["low"] > 0 or gap["high"] < 0 else
+               "the interval includes 0: no difference shown")
+    return (text + f" (95% CI {gap['low']:+.1f}..{gap['high']:+.1f}, paired t-test over "
+                   f"{gap['n']} seeds, p = {gap['p']:.3g}; {verdict})")
+
+
+def groups(rows: list[dict], metric: str) -> dict[tuple, list[float]]:
+    """(target, grid point) -> the metric over seeds."""
+    out = defaultdict(list)
+    for r in rows:
+        if metric in r["metrics"]:
+            out[(r["target"], json.dumps(r["point"], sort_keys=True))].append(r["metrics"][metric])
+    return out
+
+
+def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"suite": suite.name, "runs": rows}, indent=2))
+    metrics = [METRICS[e] for e in suite.evals]
+    lines = [f"# Suite `{suite.name}`", "", suite.description.strip(), ""]
+    gaps = []
+    if suite.compare:
+        for metric in metrics:
+            gap = paired_gap([r for r in rows if not r["point"] or r["point"] == rows[0]["point"]],
+                             *suite.compare, metric)
+            if gap:
+                gaps.append(gap)
+                lines.append(f"**{describe_gap(gap)}**  ")
+        lines.append("")
+    for metric in metrics:
+        lines += [f"## {metric}", "", "| target | grid point | mean +- std | 95% CI | n |",
+                  "|---|---|---|---|---|"]
+        for (target, point), values in groups(rows, metric).items():
+            m, low, high = mean_ci(values)
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+            lines.append(f"| {target} | {point if point != '{}' else '-'} | {m:.2f} +- {std:.2f} | "
+                         f"{low:.2f}..{high:.2f} | {len(values)} |")
+        lines.append("")
+    if suite.expect:
+        lines += ["## Expectations", "", "| target | metric | expected | measured | within tolerance |",
+                  "|---|---|---|---|---|"]
+        for e in suite.expect:
+            values = [r["metrics"][e.metric] for r in rows if r["target"] == e.target and e.metric in r["metrics"]]
+            measured = f"{np.mean(values):.2f}" if values else "not run"
+            ok = ("yes" if abs(np.mean(values) - e.value) <= e.tolerance else "no") if values else "-"
+            lines.append(f"| {e.target} | {e.metric} | {e.value} +- {e.tolerance} | {measured} | {ok} |")
+        lines.append("")
+    plots = make_plots(suite, rows, metrics, out)
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for metric in metrics:
+        data = groups([r for r in rows if not r["point"]] or rows, metric)
+        if not data:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        names, means, errors = [], [], []
+        for (target, point), values in data.items():
+            m, low, high = mean_ci(values)
+            names.append(target if point == "{}" else f"{target}\n{point}")
+            means.append(m)
+            errors.append(0 if math.isnan(low) else m - low)
+        ax.bar(names, means, yerr=errors, capsize=4, color="tab:blue")
+        ax.set_ylabel(f"{metric} (bars: 95% CI)")
+        ax.set_title(f"{suite.name}: {metric}")
+        written.append(_save(fig, out / f"bars_{metric.replace('.', '_')}.png"))
+    curves = [r for r in rows if r["loss_curve"]]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for r in curves:
+            steps, losses = zip(*r["loss_curve"])
+            ax.plot(steps, losses, label=r["id"], linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("pre-training loss")
+        ax.legend(fontsize=6)
+        written.append(_save(fig, out / "loss_curves.png"))
+    if len(suite.grid) == 1:
+        key = next(iter(suite.grid))
+        for metric in metrics:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for target in suite.targets:
+                xs, ms, es = [], [], []
+                for value in suite.grid[key]:
+                    values = [r["metrics"][metric] for r in rows if r["target"] == target
+                              and r["point"].get(key) == value and metric in r["metrics"]]
+                    if values:
+                        m, low, _ = mean_ci(values)
+                        xs.append(str(value))
+                        ms.append(m)
+                        es.append(0 if math.isnan(low) else m - low)
+                if xs:
+                    ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label=target)
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+            ax.legend()
+            written.append(_save(fig, out / f"ablation_{metric.replace('.', '_')}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,76 @@
+"""Run a suite: every run not finished yet, in order; finished runs are read back, not redone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mimbench import config as cfg
+from mimbench.engine import RunDir, pretrain
+from mimbench.evals import RESULT_NAMES, run_evals
+from mimbench.suites.schema import RunSpec, Suite
+
+RESULTS = "results.json"
+
+
+def missing_evals(spec: RunSpec, results: dict) -> list[str]:
+    done = results.get("evals", {})
+    return [e for e in spec.config.run.evals if RESULT_NAMES[e] not in done]
+
+
+def is_finished(spec: RunSpec, folder: Path) -> bool:
+    results = _read(folder / RESULTS)
+    return (not spec.pretrains or "pretrain" in results) and not missing_evals(spec, results)
+
+
+def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
+    """Pre-train (resuming a checkpoint left by an interrupted suite) and evaluate what is
+    missing; returns the run's results.json."""
+    results = _read(folder / RESULTS)
+    if spec.pretrains and "pretrain" not in results:
+        results = pretrain(spec.config, RunDir(folder), progress)
+    missing = missing_evals(spec, results)
+    if missing:
+        source = str(folder) if spec.pretrains else "timm:random"
+        results = run_evals(missing, spec.config, source, folder, progress, preset)
+    return results
+
+
+def row(spec: RunSpec, folder: Path, results: dict, base: cfg.Config) -> dict:
+    """One line of the suite's results.json: what differs from the preset, and every metric."""
+    metrics = {}
+    for name, result in results.get("evals", {}).items():
+        for key, value in result.items():
+            if isinstance(value, float):
+                metrics[f"{name}.{key}"] = value
+    curve = []
+    if (folder / "metrics.jsonl").exists():
+        curve = [(r["step"], r["loss"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+    return {"id": spec.id, "target": spec.target, "seed": spec.seed, "point": spec.point,
+            "config_diff": cfg.diff(spec.config, base), "metrics": metrics,
+            "pretrain": results.get("pretrain", {}).get("wall_time_s"), "loss_curve": curve,
+            "folder": str(folder)}
+
+
+def run_suite(suite: Suite, out: Path, progress=None, notify=None) -> list[dict]:
+    """All runs of `suite` under out/runs/<id>; returns one row per run."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = suite.runs()
+    base = cfg.resolve(suite.preset)
+    rows = []
+    for i, spec in enumerate(runs):
+        folder = out / "runs" / spec.id
+        if is_finished(spec, folder):
+            notify and notify(f"[{i + 1}/{len(runs)}] {spec.id}: finished earlier, reused")
+            results = _read(folder / RESULTS)
+        else:
+            notify and notify(f"[{i + 1}/{len(runs)}] {spec.id}")
+            results = run_one(spec, folder, suite.preset, progress)
+        rows.append(row(spec, folder, results, base))
+        if progress:
+            progress("suite", i + 1, len(runs), {})
+    return rows
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}

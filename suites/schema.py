@@ -1,0 +1,171 @@
+"""Suite files: a base preset, a grid of runs (targets x seeds x overrides), the evaluations,
+and expected results. Everything is checked before any run starts."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mimbench import config as cfg
+from mimbench.errors import ConfigError
+from mimbench.registry import did_you_mean
+
+SHIPPED = Path(__file__).parent
+RANDOM_INIT = "random"  # the floor: the student's architecture, no pre-training
+KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
+        "expect"}
+METRICS = {"linear": "linear_probe.top1", "finetune": "finetune.top1",
+           "segmentation": "segmentation.mIoU"}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    target: str
+    metric: str  # e.g. segmentation.mIoU
+    value: float
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite: a target, a seed, a point of the grid, and its resolved config."""
+
+    id: str
+    target: str
+    seed: int
+    point: dict
+    config: cfg.Config
+
+    @property
+    def pretrains(self) -> bool:
+        return self.target != RANDOM_INIT
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    preset: str
+    targets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    grid: dict
+    set: dict
+    evals: tuple[str, ...]
+    compare: tuple[str, str] | None
+    expect: tuple[Expectation, ...]
+    source: Path
+
+    def runs(self) -> list[RunSpec]:
+        keys = list(self.grid)
+        points = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        runs = []
+        for target in self.targets:
+            for point in points:
+                for seed in self.seeds:
+                    base_target = "pixels" if target == RANDOM_INIT else target  # shape only
+                    config = cfg.resolve(self.preset, target=base_target)
+                    config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
+                                                       "run.evals": list(self.evals)}))
+                    cfg.check_options(config)
+                    label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
+                    run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
+                    runs.append(RunSpec(run_id, target, seed, point, config))
+        return runs
+
+
+def nested(flat: dict) -> dict:
+    """{'optim.lr': 1e-3} -> {'optim': {'lr': 1e-3}}, naming a key without a section."""
+    out: dict[str, dict] = {}
+    for key, value in flat.items():
+        section, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"suite key '{key}' must look like section.key, e.g. mask.ratio.")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def shipped() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def locate(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file '{path}' does not exist.")
+        return path
+    if (SHIPPED / f"{name_or_path}.yaml").is_file():
+        return SHIPPED / f"{name_or_path}.yaml"
+    raise ConfigError(f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, shipped())}; "
+                      f"shipped suites: {', '.join(shipped())}, or give a path to a .yaml file.")
+
+
+def _list(data: dict, key: str, default=None) -> list:
+    value = data.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"suite '{key}' must be a non-empty list, not {value!r}.")
+    return value
+
+
+def load(name_or_path: str) -> Suite:
+    """Read and check a suite; every run's config is resolved here, so a bad key, target or
+    value fails before anything runs."""
+    from mimbench.evals import RESULT_NAMES
+    from mimbench.targets import TARGETS
+
+    path = locate(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"suite file '{path}' is not valid YAML ({e.problem}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"suite file '{path}' must be a mapping of {', '.join(sorted(KEYS))}.")
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(f"unknown suite key '{key}'{did_you_mean(key, KEYS)} in '{path}'; "
+                              f"keys are: {', '.join(sorted(KEYS))}.")
+    targets = _list(data, "targets")
+    known = [*TARGETS.names(), RANDOM_INIT]
+    for target in targets:
+        if target not in known:
+            raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "
+                              f"'{path}'; targets are: {', '.join(known)}.")
+    seeds = _list(data, "seeds", [0])
+    if not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"suite seeds must be integers, not {seeds!r}.")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"suite 'grid' must map config keys to lists of values, not {grid!r}.")
+    for key in grid:
+        _list(grid, key)
+    evals = _list(data, "evals", list(RESULT_NAMES))
+    for name in evals:
+        if name not in RESULT_NAMES:
+            raise ConfigError(f"unknown evaluation '{name}'{did_you_mean(str(name), RESULT_NAMES)} in "
+                              f"suite '{path}'; evaluations are: {', '.join(RESULT_NAMES)}.")
+    compare = data.get("compare")
+    if compare is not None and (len(compare) != 2 or any(t not in targets for t in compare)):
+        raise ConfigError(f"suite 'compare' must name two of its targets, not {compare!r}.")
+    expect = tuple(_expectation(e, targets) for e in data.get("expect") or [])
+    suite = Suite(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
+                  preset=str(data.get("preset", "tiny")), targets=tuple(targets), seeds=tuple(seeds),
+                  grid={k: tuple(v) for k, v in grid.items()}, set=dict(data.get("set") or {}),
+                  evals=tuple(evals), compare=tuple(compare) if compare else None, expect=expect,
+                  source=path)
+    suite.runs()  # resolves every config: unknown keys and bad values fail here
+    return suite
+
+
+def _expectation(entry: Any, targets: list) -> Expectation:
+    if not isinstance(entry, dict) or set(entry) != {"target", "metric", "value", "tolerance"}:
+        raise ConfigError(f"each suite expectation needs target, metric, value and tolerance, "
+                          f"not {entry!r}.")
+    if entry["target"] not in targets:
+        raise ConfigError(f"expectation for target '{entry['target']}', which the suite does not run.")
+    if entry["metric"] not in METRICS.values():
+        raise ConfigError(f"unknown metric '{entry['metric']}'; metrics are: {', '.join(METRICS.values())}.")
+    return Expectation(entry["target"], entry["metric"], float(entry["value"]), float(entry["tolerance"]))

@@ -1,0 +1,132 @@
+"""Suites: checked before they run, resumable, and reported with a confidence interval."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mimbench.errors import ConfigError
+from mimbench.suites import report, schema
+from tests.conftest import run_cli
+
+SMALL = """
+name: small
+description: two targets, two seeds, smoke sized
+preset: smoke
+targets: [pixels, random]
+seeds: [0, 1]
+set:
+  optim.steps: 4
+evals: [linear]
+compare: [pixels, random]
+"""
+
+
+@pytest.mark.parametrize("text, words", [
+    (SMALL + "colour: red\n", "unknown suite key 'colour'"),
+    (SMALL.replace("[pixels, random]\nseeds", "[pixles, random]\nseeds"), "unknown target 'pixles'"),
+    (SMALL + "grid:\n  mask.ratio: []\n", "'mask.ratio' must be a non-empty list"),
+    (SMALL.replace("seeds: [0, 1]", "seeds: []"), "'seeds' must be a non-empty list"),
+    (SMALL.replace("optim.steps: 4", "optim.stpes: 4"), "unknown config key 'optim.stpes'"),
+    (SMALL.replace("evals: [linear]", "evals: [linaer]"), "unknown evaluation 'linaer'"),
+])
+def test_malformed_suites_are_rejected_before_any_run(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        schema.load(str(path))
+    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
+    assert result.returncode == 2 and words in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_suites_load_and_expand():
+    assert set(schema.shipped()) >= {"tiny", "mvp_vitb16_300ep", "beit_vitb16_300ep",
+                                     "ablate_mask_ratio", "ablate_target_layer"}
+    tiny = schema.load("tiny")
+    assert len(tiny.runs()) == 4 * 3 and set(tiny.targets) >= {"clip", "dvae", "pixels", "random"}
+    ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
+    assert ratios == [0.2, 0.3, 0.4, 0.5, 0.6]
+    mvp = schema.load("mvp_vitb16_300ep").runs()[0].config
+    assert (mvp.student.embed_dim, mvp.optim.epochs, mvp.target.options["model"]) == (768, 300, "ViT-B-16")
+
+
+@pytest.mark.parametrize("name", ["mvp_vitb16_300ep", "beit_vitb16_300ep"])
+def test_paper_suites_dry_run_shows_their_compute(name):
+    result = run_cli("suite", "run", name, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "GPU-hours" in result.stdout and "PFLOPs" in result.stdout
+    # ViT-B/16 at 224: ~17.6 GMACs forward, x2 FLOPs per MAC, x3 for forward + backward
+    total = float(result.stdout.split("total: ")[1].split(" PFLOPs")[0].replace(",", ""))
+    images = (300 + 100) * 1_281_167
+    assert 0.8 * images * 17.6e9 * 6 / 1e15 < total < 1.25 * images * 17.6e9 * 6 / 1e15
+
+
+def test_paired_gap_matches_a_hand_computed_t_interval():
+    rows = [{"target": t, "seed": s, "point": {}, "metrics": {"m": v}}
+            for t, values in (("a", [50.0, 53.0, 51.0]), ("b", [45.0, 47.5, 46.0])) for s, v in enumerate(values)]
+    gap = report.paired_gap(rows, "a", "b", "m")
+    d = np.array([5.0, 5.5, 5.0])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert gap["mean"] == pytest.approx(d.mean())
+    assert (gap["low"], gap["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert "95% CI" in report.describe_gap(gap) and "significant" in report.describe_gap(gap)
+
+
+def last_finished(out):
+    runs = sorted((out / "runs").glob("*/results.json")) if (out / "runs").exists() else []
+    finished = []
+    for path in runs:
+        try:
+            if "linear_probe" in json.loads(path.read_text()).get("evals", {}):
+                finished.append(path.parent.name)
+        except json.JSONDecodeError:  # being replaced right now
+            pass
+    return finished
+
+
+def test_interrupted_suite_continues_without_redoing_finished_runs(tmp_path):
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mimbench", "suite", "run", str(suite), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not last_finished(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = last_finished(out)
+    assert finished and len(finished) < 4, "the suite was not interrupted mid-way"
+    stamps = {name: (out / "runs" / name / "results.json").stat().st_mtime_ns for name in finished}
+
+    result = run_cli("suite", "run", suite, "--out", out)
+    assert result.returncode == 0, result.stderr
+    for name in finished:
+        assert f"{name}: finished earlier, reused" in result.stderr
+        assert (out / "runs" / name / "results.json").stat().st_mtime_ns == stamps[name]
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["id"] for r in rows) == ["pixels-s0", "pixels-s1", "random-s0", "random-s1"]
+    assert all("linear_probe.top1" in r["metrics"] for r in rows)
+    assert rows[0]["config_diff"]["optim.steps"] == 4
+    text = (out / "report.md").read_text()
+    assert "pixels vs random:" in text and "95% CI" in text
+    for png in ("bars_linear_probe_top1.png", "loss_curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablation_suite_draws_its_line_plot(tmp_path):
+    suite = tmp_path / "ablate.yaml"
+    suite.write_text(SMALL.replace("[pixels, random]\nseeds", "[pixels]\nseeds").replace("compare: [pixels, random]\n", "")
+                     .replace("seeds: [0, 1]", "seeds: [0]") + "grid:\n  mask.ratio: [0.3, 0.5]\n")
+    result = run_cli("suite", "run", suite, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "ablation_linear_probe_top1.png").read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert [r["point"]["mask.ratio"] for r in rows] == [0.3, 0.5]
