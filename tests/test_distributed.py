@@ -18,22 +18,24 @@ COMMON = ["pretrain", "--preset", "smoke", "--target", "pixels", "--set", "run.l
           "--set", "run.checkpoint_every=1", "--set", "target.standardize=true"]
 
 
-def torchrun(*args, nproc=2):
+def single_process_run(out, steps):
+    """The reference: one process, batch 8."""
+    result = run_cli(*COMMON, "--set", f"optim.steps={steps}", "--set", "optim.batch_size=8", "--out", out)
+    assert result.returncode == 0, result.stderr
+
+
+def torchrun(out, steps, nproc=2):
+    """The command and environment of a 2-process gloo run with batch 4 per process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "mimbench", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return command, env
+               f"--nproc-per-node={nproc}", "-m", "mimbench", *COMMON, "--set",
+               f"optim.steps={steps}", "--set", "optim.batch_size=4", "--out", str(out)]
+    return command, {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path):
-    single = tmp_path / "single"
-    result = run_cli(*COMMON, "--set", f"optim.steps={STEPS}", "--set", "optim.batch_size=8",
-                     "--out", single)
-    assert result.returncode == 0, result.stderr
-
-    double = tmp_path / "double"
-    command, env = torchrun(*COMMON, "--set", f"optim.steps={STEPS}", "--set",
-                            "optim.batch_size=4", "--out", double)
+    single, double = tmp_path / "single", tmp_path / "double"
+    single_process_run(single, STEPS)
+    command, env = torchrun(double, STEPS)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "effective batch 8 = 4 per process x 2 process(es)" in result.stderr
@@ -47,14 +49,9 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path)
 
 def test_two_process_run_killed_then_resumed_in_one_process(tmp_path):
     steps = 30
-    reference = tmp_path / "reference"
-    result = run_cli(*COMMON, "--set", f"optim.steps={steps}", "--set", "optim.batch_size=8",
-                     "--out", reference)
-    assert result.returncode == 0, result.stderr
-
-    killed = tmp_path / "killed"
-    command, env = torchrun(*COMMON, "--set", f"optim.steps={steps}", "--set",
-                            "optim.batch_size=4", "--out", killed)
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    single_process_run(reference, steps)
+    command, env = torchrun(killed, steps)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240

@@ -1,0 +1,31 @@
+"""Wall time of each evaluation on the `tiny` preset (random-init student, the world's eval
+splits), one round each: `pytest tests/benchmarks/test_eval_speed.py --benchmark-enable
+--benchmark-only`. The linear probe includes feature extraction (its cache is per test)."""
+
+import pytest
+
+from mimbench import config as cfg
+from mimbench.evals.backbone import load_backbone
+from mimbench.evals.finetune import finetune
+from mimbench.evals.linear_probe import linear_probe
+from mimbench.evals.segmentation import segmentation
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return cfg.resolve("tiny", target="pixels")
+
+
+@pytest.mark.parametrize("name", ["linear", "finetune", "segmentation"])
+def test_tiny_evaluation(benchmark, tiny, tmp_path, name):
+    def evaluate():
+        encoder, source = load_backbone("timm:random", tiny)
+        if name == "linear":
+            return linear_probe(encoder, tiny, source, tmp_path / "features")
+        if name == "finetune":
+            return finetune(encoder, tiny, source)
+        return segmentation(encoder, tiny, source)
+
+    result = benchmark.pedantic(evaluate, rounds=1, iterations=1)
+    benchmark.extra_info["steps"] = result["card"].get("steps")
+    benchmark.extra_info["metric"] = next(v for v in result.values() if isinstance(v, float))
