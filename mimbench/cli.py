@@ -199,6 +199,36 @@ def export_command(checkpoint_path, out):
     say(f"exported to [bold]{folder}[/]: timm.create_model(\"local-dir:{folder}\", pretrained=True)")
 
 
+@main.command("bench")
+@click.option("--target", default="clip", show_default=True, help="Target name.")
+@click.option("--preset", default="tiny", show_default=True, help=f"Preset: {', '.join(cfg.PRESETS)}.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")
+@click.option("--batch", type=int, help="Images per step (default: the preset's batch).")
+@click.option("--repeats", default=5, show_default=True, help="Timed steps of each kind.")
+def bench_command(target, preset, overrides, batch, repeats):
+    """Time a pre-training step against the bare computation it must do, on this machine."""
+    from mimbench.bench import bench
+
+    config = cfg.resolve(preset, target=target, overrides=tuple(overrides))
+    f = bench(config, repeats=repeats, batch_size=batch)
+    table = Table(title=f"{preset} / {target}: batch {f['batch']}, median of {f['repeats']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [("mimbench step", f"{f['step_s'] * 1e3:,.1f} ms"),
+            ("bare reference step", f"{f['bare_s'] * 1e3:,.1f} ms"),
+            ("ratio (step / bare)", f"{f['ratio']:.3f}"),
+            ("images/s", f"{f['images_per_s']:,.1f}"),
+            ("FLOPs per step", f"{f['flops'] / 1e9:,.1f} G"),
+            ("achieved", f"{f['achieved_flops'] / 1e9:,.1f} GFLOP/s"),
+            ("matmul peak (measured)", f"{f['peak_flops'] / 1e9:,.1f} GFLOP/s"),
+            ("fraction of peak", f"{f['fraction_of_peak']:.0%}"),
+            ("masks for a batch", f"{f['masks_s'] * 1e3:,.1f} ms ({f['masks_fraction']:.1%} of a step)"),
+            ("views + masks for a batch", f"{f['data_s'] * 1e3:,.1f} ms ({f['data_fraction']:.1%} of a step)")]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
 @main.group()
 def suite():
     """Run grids of targets x seeds x ablations and report the gap with confidence intervals."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from mimbench.suites import picture
 from mimbench.suites.schema import METRICS, Suite
 
 CONFIDENCE = 0.95
@@ -134,6 +135,12 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
         ax.set_ylabel("pre-training loss")
         ax.legend(fontsize=6)
         written.append(_save(fig, out / "loss_curves.png"))
+    examples = {}
+    for r in rows:
+        if r["target"] not in examples and r["loss_curve"] and not r["point"]:
+            examples[r["target"]] = picture.example(Path(r["folder"]))
+    if examples:
+        written.append(picture.draw(examples, out / "examples.png"))
     if len(suite.grid) == 1:
         key = next(iter(suite.grid))
         for metric in metrics:

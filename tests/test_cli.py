@@ -143,3 +143,11 @@ def test_targets_list_json(cli):
     assert all(r["source"] == "built-in" for r in rows.values())
     assert (rows["pixels"]["kind"], rows["pixels"]["dim"], rows["pixels"]["input_size"]) == ("features", 768, 224)
     assert "target.weights" in rows["clip"]["unavailable"]  # hub weights, offline
+
+
+def test_bench_prints_the_step_against_the_bare_reference(cli):
+    result = cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    for row in ("mimbench step", "bare reference step", "ratio (step / bare)", "fraction of peak",
+                "views + masks for a batch"):
+        assert row in result.stdout

@@ -117,7 +117,7 @@ def test_interrupted_suite_continues_without_redoing_finished_runs(tmp_path):
     assert rows[0]["config_diff"]["optim.steps"] == 4
     text = (out / "report.md").read_text()
     assert "pixels vs random:" in text and "95% CI" in text
-    for png in ("bars_linear_probe_top1.png", "loss_curves.png"):
+    for png in ("bars_linear_probe_top1.png", "loss_curves.png", "examples.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,0 +1,150 @@
+"""Where a pre-training step's time goes, measured side by side in one process.
+
+For a config: the mimbench step (engine.train_step + clipping + AdamW) and the bare
+reference of the same shapes written directly with torch (teacher forward under inference
+mode, a plain timm ViT forward + backward on the student view, a linear head, AdamW), the
+masks and data views for one batch, this machine's matmul peak, and the FLOPs of a step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from mimbench import engine
+from mimbench.config import Config
+from mimbench.data import build_dataset
+from mimbench.data.views import MIMDataset, MIMViews
+from mimbench.losses import check_loss
+from mimbench.masking import build_masking
+from mimbench.student import Student
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of the best float32 square matmul: this machine's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / min(timed(lambda: a @ b, repeats, warmup=2))
+
+
+def one_batch(config: Config, spec, batch_size: int):
+    """A batch of views as the engine builds them, and a callable that builds another."""
+    images = build_dataset(config.data.name, **config.data.options)
+    views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
+                     build_masking(config.mask, config.student.grid), config.data.crop_scale,
+                     config.data.hflip, config.data.color_jitter)
+    dataset = MIMDataset(images, views, config.run.seed)
+
+    def make(epoch=0):
+        items = [dataset[(epoch, i % len(images))] for i in range(batch_size)]
+        return torch.utils.data.default_collate(items)
+
+    return make(), make
+
+
+class BareReference:
+    """What a step must compute, written directly: teacher forward, ViT forward + backward,
+    a linear head, a masked loss, AdamW."""
+
+    def __init__(self, config: Config, provider, spec, loss: str):
+        s = config.student
+        self.vit = timm.create_model(s.model, pretrained=False, num_classes=0, img_size=s.img_size,
+                                     patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
+                                     num_heads=s.num_heads, **s.extra)
+        self.head = torch.nn.Linear(s.embed_dim, spec.dim)
+        params = [*self.vit.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr)
+        self.provider, self.loss = provider, loss
+
+    def __call__(self, batch: dict) -> None:
+        with torch.inference_mode():
+            target = self.provider(batch["teacher"])
+        target = target.clone()
+        tokens = self.vit.forward_features(batch["student"])[:, -batch["mask"].shape[1]:]  # [B, N, D]
+        pred = self.head(tokens)[batch["mask"]].float()
+        goal = target[batch["mask"]]
+        loss = F.cross_entropy(pred, goal) if self.loss == "ce" else F.mse_loss(pred, goal.float())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class StepParts:
+    """The timed pieces of one configuration's step, ready to call."""
+
+    ours: Callable[[], None]  # engine.train_step + clipping + AdamW on a fixed batch
+    bare: Callable[[], None]  # BareReference on the same batch
+    masks: Callable[[], object]  # the masks of one batch
+    data: Callable[[], object]  # views + masks of one batch, as the loader builds them
+    batch: int
+    flops: float  # of one mimbench step, counted by FlopCounterMode
+
+
+def prepare(config: Config, batch_size: int | None = None) -> StepParts:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    provider = engine.build_target_for(config)
+    spec = provider.spec
+    loss = config.target.loss or spec.loss
+    check_loss(loss, spec.kind, config.target.name)
+    b = batch_size or config.optim.batch_size
+    batch, make_batch = one_batch(config, spec, b)
+    student = Student(config.student, spec)
+    optimizer = engine.build_optimizer(student, config)
+
+    def ours():
+        engine.train_step(student, provider, spec, [batch], loss, config, device)
+        if config.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), config.optim.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    bare = BareReference(config, provider, spec, loss)
+    masker = build_masking(config.mask, config.student.grid)
+    g = torch.Generator().manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        ours()
+    return StepParts(ours, lambda: bare(batch), lambda: [masker(g) for _ in range(b)],
+                     lambda: make_batch(1), b, float(counter.get_total_flops()))
+
+
+def figures(parts: StepParts, step_s: float, bare_s: float, masks_s: float, data_s: float,
+            peak_flops: float) -> dict:
+    return {"batch": parts.batch, "step_s": step_s, "bare_s": bare_s, "ratio": step_s / bare_s,
+            "images_per_s": parts.batch / step_s, "flops": parts.flops,
+            "achieved_flops": parts.flops / step_s, "peak_flops": peak_flops,
+            "fraction_of_peak": parts.flops / step_s / peak_flops,
+            "masks_s": masks_s, "masks_fraction": masks_s / step_s,
+            "data_s": data_s, "data_fraction": data_s / step_s}
+
+
+def bench(config: Config, repeats: int = 5, batch_size: int | None = None) -> dict:
+    """Median seconds of each part of a step, the two steps interleaved so that drifts of
+    the machine hit both alike, and the figures derived from them."""
+    parts = prepare(config, batch_size)
+    ours, reference = [], []
+    for i in range(repeats):
+        ours += timed(parts.ours, 1, warmup=int(i == 0))
+        reference += timed(parts.bare, 1, warmup=int(i == 0))
+    result = figures(parts, statistics.median(ours), statistics.median(reference),
+                     statistics.median(timed(parts.masks, repeats)),
+                     statistics.median(timed(parts.data, max(1, repeats // 2))), matmul_peak())
+    return {"target": config.target.name, "repeats": repeats, **result}

@@ -1,0 +1,60 @@
+"""The pre-training step against the bare computation it must do, per built-in target, on the
+tiny preset and on ViT-B/16 at 224 px (random weights, batch 4 on CPU):
+`pytest tests/benchmarks/test_step_vs_bare.py --benchmark-enable --benchmark-only`.
+
+Each case times the mimbench step with pytest-benchmark, then the bare step, masks and data
+in the same process; extra_info holds the ratio, images/s, FLOP/s against this machine's
+measured matmul peak, and the masks' and data's share of a step (docs/performance.md)."""
+
+import statistics
+
+import pytest
+import torch
+
+from mimbench import config as cfg
+from mimbench.bench import figures, matmul_peak, prepare, timed
+
+TINY_OPTIONS = {
+    "clip": (), "dvae": (), "pixels": (),
+    "timm": ("target.model=vit_tiny_patch16_224", "target.weights=null", "target.input_size=128"),
+}
+VITB_OPTIONS = {
+    "clip": ("target.model=ViT-B-16", "target.weights=null"),
+    "pixels": (),
+    "timm": ("target.model=vit_base_patch16_224", "target.weights=null"),
+}
+
+
+@pytest.fixture(scope="module")
+def dvae_weights(tmp_path_factory):
+    """A DALL-E encoder of the official architecture with random weights, pickled as the
+    official file is."""
+    from dall_e import Encoder
+
+    path = tmp_path_factory.mktemp("dvae") / "encoder.pkl"
+    torch.save(Encoder(), path)
+    return path
+
+
+def measure(benchmark, config, repeats, batch_size=None):
+    parts = prepare(config, batch_size)
+    benchmark.pedantic(parts.ours, rounds=repeats, warmup_rounds=1)
+    step = benchmark.stats.stats.median
+    bare = statistics.median(timed(parts.bare, repeats))
+    masks = statistics.median(timed(parts.masks, repeats))
+    data = statistics.median(timed(parts.data, max(1, repeats // 2)))
+    benchmark.extra_info.update(figures(parts, step, bare, masks, data, matmul_peak()))
+
+
+@pytest.mark.parametrize("target", sorted(TINY_OPTIONS))
+def test_tiny_step_vs_bare(benchmark, target):
+    config = cfg.resolve("tiny", target=target, overrides=TINY_OPTIONS[target])
+    measure(benchmark, config, repeats=7)
+
+
+@pytest.mark.parametrize("target", [*sorted(VITB_OPTIONS), "dvae"])
+def test_vitb16_step_vs_bare(benchmark, target, dvae_weights):
+    options = VITB_OPTIONS.get(target, (f"target.weights={dvae_weights}",))
+    config = cfg.resolve("paper", target=target, overrides=(*options, "data.name=world",
+                                                            "data.image_size=224", "data.length=64"))
+    measure(benchmark, config, repeats=3, batch_size=4)
