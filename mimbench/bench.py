@@ -18,29 +18,35 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mimbench import engine
+from mimbench import distributed, engine
 from mimbench.config import Config
 from mimbench.data import build_dataset
-from mimbench.data.views import MIMDataset, MIMViews
+from mimbench.data.views import MIMDataset, MIMViews, student_input, teacher_input
 from mimbench.losses import check_loss
 from mimbench.masking import build_masking
 from mimbench.student import Student
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each call after `warmup` untimed ones; waits for queued GPU work."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
 
-def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
-    """FLOP/s of the best float32 square matmul: this machine's practical peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(repeats: int = 10) -> float:
+    """FLOP/s of the best float32 square matmul on the GPU if there is one, else the CPU:
+    this machine's practical peak."""
+    device, size = ("cuda", 8192) if torch.cuda.is_available() else ("cpu", 1024)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     return 2 * size**3 / min(timed(lambda: a @ b, repeats, warmup=2))
 
 
@@ -63,22 +69,27 @@ class BareReference:
     """What a step must compute, written directly: teacher forward, ViT forward + backward,
     a linear head, a masked loss, AdamW."""
 
-    def __init__(self, config: Config, provider, spec, loss: str):
+    def __init__(self, config: Config, provider, spec, loss: str, device: torch.device):
         s = config.student
         self.vit = timm.create_model(s.model, pretrained=False, num_classes=0, img_size=s.img_size,
                                      patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
                                      num_heads=s.num_heads, **s.extra)
-        self.head = torch.nn.Linear(s.embed_dim, spec.dim)
+        self.vit.to(device)
+        self.head = torch.nn.Linear(s.embed_dim, spec.dim).to(device)
         params = [*self.vit.parameters(), *self.head.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr)
         self.provider, self.loss = provider, loss
+        self.device = device
+        self.amp, self.teacher_amp = config.optim.amp, config.run.teacher_amp  # as the step runs
 
     def __call__(self, batch: dict) -> None:
-        with torch.inference_mode():
-            target = self.provider(batch["teacher"])
+        with torch.inference_mode(), engine.autocast(self.device, self.teacher_amp):
+            target = self.provider(teacher_input(batch["teacher"]))
         target = target.clone()
-        tokens = self.vit.forward_features(batch["student"])[:, -batch["mask"].shape[1]:]  # [B, N, D]
-        pred = self.head(tokens)[batch["mask"]].float()
+        with engine.autocast(self.device, self.amp):
+            images = student_input(batch["student"])
+            tokens = self.vit.forward_features(images)[:, -batch["mask"].shape[1]:]  # [B, N, D]
+            pred = self.head(tokens)[batch["mask"]].float()
         goal = target[batch["mask"]]
         loss = F.cross_entropy(pred, goal) if self.loss == "ce" else F.mse_loss(pred, goal.float())
         loss.backward()
@@ -100,14 +111,17 @@ class StepParts:
 
 def prepare(config: Config, batch_size: int | None = None) -> StepParts:
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    _, device = distributed.init(config.run.device)
     provider = engine.build_target_for(config)
+    if isinstance(provider, torch.nn.Module):
+        provider.to(device)
     spec = provider.spec
     loss = config.target.loss or spec.loss
     check_loss(loss, spec.kind, config.target.name)
     b = batch_size or config.optim.batch_size
     batch, make_batch = one_batch(config, spec, b)
-    student = Student(config.student, spec)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    student = Student(config.student, spec).to(device)
     optimizer = engine.build_optimizer(student, config)
 
     def ours():
@@ -117,7 +131,7 @@ def prepare(config: Config, batch_size: int | None = None) -> StepParts:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    bare = BareReference(config, provider, spec, loss)
+    bare = BareReference(config, provider, spec, loss, device)
     masker = build_masking(config.mask, config.student.grid)
     g = torch.Generator().manual_seed(0)
     with FlopCounterMode(display=False) as counter:

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mimbench import checkpoint, config as cfg, distributed, teachers
 from mimbench.config import Config
 from mimbench.data import build_dataset
-from mimbench.data.views import MIMDataset, MIMViews, StreamSampler
+from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
 from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
@@ -264,7 +264,8 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
     targets = []
     with torch.inference_mode(), autocast(device, config.run.teacher_amp):
         for b in micro:
-            targets.append(provider(b["teacher"].to(device, non_blocking=True)))  # [B, N, D] or [B, N]
+            view = teacher_input(b["teacher"].to(device, non_blocking=True))  # [B, 3, T, T]
+            targets.append(provider(view))  # [B, N, D] or [B, N]
     targets = [t.clone() for t in targets]  # ordinary tensors, usable in autograd
     if spec.kind == "features":
         targets = [t.float() for t in targets]
@@ -281,7 +282,8 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
         sync = contextlib.nullcontext() if last or world_size == 1 else model.no_sync()
         with sync:
             with autocast(device, config.optim.amp):
-                pred = model(b["student"].to(device, non_blocking=True), mask)  # [B, N, dim]
+                view = student_input(b["student"].to(device, non_blocking=True))  # [B, 3, S, S]
+                pred = model(view, mask)  # [B, N, dim]
             token_loss = token_losses(pred, target, mask, loss_name).sum()
             (token_loss * scale).backward()
         loss_sum += token_loss.detach().double()

@@ -12,7 +12,7 @@ import torch
 from mimbench import checkpoint, engine
 from mimbench import config as cfg
 from mimbench.data import build_dataset
-from mimbench.data.views import MIMViews, sample_generator
+from mimbench.data.views import MIMViews, sample_generator, student_input, teacher_input
 from mimbench.masking import build_masking
 from mimbench.student import Student
 
@@ -46,8 +46,8 @@ def example(folder: Path, index: int = 0) -> dict:
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
                      build_masking(config.mask, config.student.grid))
     v = views(image, sample_generator(config.run.seed, 0, index))
-    target = provider(v["teacher"][None])[0].clone()  # [N, D] or [N]
-    pred = student(v["student"][None], v["mask"][None])[0]  # [N, dim]
+    target = provider(teacher_input(v["teacher"][None]))[0].clone()  # [N, D] or [N]
+    pred = student(student_input(v["student"][None]), v["mask"][None])[0]  # [N, dim]
     tokens = spec.kind == "tokens"
     target_rgb, frame = to_rgb(target if tokens else target.float(), tokens)
     if tokens:  # one seed: an id has the same colour in both panels

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mimbench import config as cfg, engine
-from mimbench.data.views import MIMViews, StreamSampler
+from mimbench.data.views import (STUDENT_MEAN, STUDENT_STD, MIMViews, StreamSampler, student_input,
+                                  teacher_input)
 from mimbench.engine import RunDir, lr_at, pretrain, schedule
 from mimbench.errors import ConfigError, TrainingDiverged
 from mimbench.masking import RandomMasking
@@ -51,12 +52,16 @@ def test_views_are_two_sizes_of_the_same_crop():
     image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((256, 256))
     views = MIMViews(32, 64, "bicubic", RandomMasking((4, 4), 5), crop_scale=(0.2, 0.6), hflip=True)
     out = views(image, torch.Generator().manual_seed(1))
-    student = out["student"] * views.std + views.mean  # back to [0, 1]
-    teacher_small = torch.nn.functional.avg_pool2d(out["teacher"][None], 2)[0]
+    assert out["student"].dtype == out["teacher"].dtype == torch.uint8
+    student = student_input(out["student"][None])[0]
+    back = student * torch.tensor(STUDENT_STD).view(3, 1, 1) + torch.tensor(STUDENT_MEAN).view(3, 1, 1)
+    teacher = teacher_input(out["teacher"][None])[0]
+    assert torch.allclose(back, out["student"].float() / 255, atol=1e-5)  # student_input inverts
+    teacher_small = torch.nn.functional.avg_pool2d(teacher[None], 2)[0]
     assert out["teacher"].shape == (3, 64, 64) and out["mask"].shape == (16,)
-    assert (student - teacher_small).abs().mean() < 0.03
-    other = views(image, torch.Generator().manual_seed(2))["teacher"]
-    assert (other - out["teacher"]).abs().mean() > 0.05
+    assert (back - teacher_small).abs().mean() < 0.03
+    other = teacher_input(views(image, torch.Generator().manual_seed(2))["teacher"][None])[0]
+    assert (other - teacher).abs().mean() > 0.05
 
 
 class NanAfterThree(PixelTarget):
