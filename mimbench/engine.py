@@ -24,6 +24,7 @@ from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.student import Student, no_weight_decay_names
+from mimbench.target_cache import TargetCache, check_fixed_views
 from mimbench.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,13 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     check_loss(loss_name, spec.kind, config.target.name)
     if isinstance(provider, torch.nn.Module):
         provider.to(device)
+    if config.target.cache:
+        check_fixed_views(config)
+        provider = TargetCache(provider)
 
     images = build_dataset(config.data.name, **config.data.options)
     state = checkpoint.load_latest(run.path) if run.path.exists() else None
-    accum = accumulation_steps(config, world, state and state["plan"])
+    accum = accumulation_steps(config, world, state.get("plan") if state else None)
     config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, accum_steps=accum))
     plan = schedule(config, len(images), world.size)
     if world.is_main:  # the run directory appears only once the target and data are usable
@@ -262,10 +266,11 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
     the loss is a sum over masked tokens divided by their count in the whole effective batch,
     so the gradient equals one process's over one batch of that size."""
     targets = []
+    cached = isinstance(provider, TargetCache)
     with torch.inference_mode(), autocast(device, config.run.teacher_amp):
         for b in micro:
             view = teacher_input(b["teacher"].to(device, non_blocking=True))  # [B, 3, T, T]
-            targets.append(provider(view))  # [B, N, D] or [B, N]
+            targets.append(provider(view, b["index"]) if cached else provider(view))  # [B, N(, D)]
     targets = [t.clone() for t in targets]  # ordinary tensors, usable in autograd
     if spec.kind == "features":
         targets = [t.float() for t in targets]

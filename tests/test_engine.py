@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -149,3 +150,32 @@ def test_micro_batches_with_unequal_masked_counts_give_the_big_batch_gradient():
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     for name in grads[1]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+class CountingPixels(PixelTarget):
+    """The pixel target, counting the images it is asked for."""
+
+    seen = 0
+
+    def __call__(self, view):
+        CountingPixels.seen += view.shape[0]
+        return super().__call__(view)
+
+
+def test_cached_targets_give_the_same_run_with_one_teacher_pass_per_image(tmp_path, monkeypatch):
+    monkeypatch.setitem(TARGETS._entries, "counting", Entry("counting", "test", CountingPixels))
+    common = ("data.length=32", "optim.batch_size=8", "optim.steps=12", "run.log_every=1")
+    losses, seen = {}, {}
+    for cache in (False, True):
+        CountingPixels.seen = 0
+        c = cfg.resolve("smoke", target="counting", overrides=(*common, f"target.cache={str(cache).lower()}"))
+        run = RunDir(tmp_path / f"cache-{cache}")
+        pretrain(c, run)
+        rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+        losses[cache], seen[cache] = [r["loss"] for r in rows], CountingPixels.seen
+    assert seen[False] == 12 * 8 and seen[True] == 32  # 3 epochs of 32 images; each image once
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+
+    augmented = cfg.resolve("smoke", target="pixels", overrides=("target.cache=true", "data.hflip=true"))
+    with pytest.raises(ConfigError, match="fixed views"):
+        pretrain(augmented, RunDir(tmp_path / "augmented"))

@@ -117,7 +117,7 @@ class MIMDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         image, _ = self.images[index]
-        return self.views(image, sample_generator(self.seed, epoch, index))
+        return {**self.views(image, sample_generator(self.seed, epoch, index)), "index": index}
 
 
 class StreamSampler(torch.utils.data.Sampler):
