@@ -60,12 +60,10 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None) -> list[dict]
     rows = []
     for i, spec in enumerate(runs):
         folder = out / "runs" / spec.id
-        if is_finished(spec, folder):
-            notify and notify(f"[{i + 1}/{len(runs)}] {spec.id}: finished earlier, reused")
-            results = _read(folder / RESULTS)
-        else:
-            notify and notify(f"[{i + 1}/{len(runs)}] {spec.id}")
-            results = run_one(spec, folder, suite.preset, progress)
+        finished = is_finished(spec, folder)
+        if notify:
+            notify(f"[{i + 1}/{len(runs)}] {spec.id}" + (": finished earlier, reused" if finished else ""))
+        results = _read(folder / RESULTS) if finished else run_one(spec, folder, suite.preset, progress)
         rows.append(row(spec, folder, results, base))
         if progress:
             progress("suite", i + 1, len(runs), {})
