@@ -10,10 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from mimbench import checkpoint, config as cfg
+from mimbench import config as cfg
 from mimbench.errors import ConfigError
-from mimbench.export import encoder_weights
-from mimbench.student import build_encoder
+from mimbench.student import build_encoder, trained_encoder
 
 
 def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
@@ -34,11 +33,7 @@ def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
         return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}"
     if not path.exists():
         raise ConfigError(f"'{source}' is neither a run directory, a checkpoint nor timm:<name>.")
-    state = checkpoint.load_latest(path) if path.is_dir() else checkpoint.load(path)
-    if state is None:
-        raise ConfigError(f"run directory '{source}' holds no checkpoint yet.")
-    encoder = build_encoder(cfg.from_dict(state["config"]).student)
-    encoder.load_state_dict(encoder_weights(state))
+    encoder, state = trained_encoder(path)
     return encoder, f"{source} (step {state['step']})"
 
 

@@ -86,7 +86,7 @@ def is_main_process() -> bool:
 
 def say(message: str) -> None:
     if is_main_process():
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)
 
 
 class ProgressBars:

@@ -10,28 +10,19 @@ from pathlib import Path
 
 from timm.models import save_for_hf
 
-from mimbench import checkpoint, config as cfg
+from mimbench import config as cfg
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
 from mimbench.errors import MimbenchError
-from mimbench.student import build_encoder
-
-
-def encoder_weights(state: dict) -> dict:
-    """The encoder's tensors from a checkpoint's student state (mask token and head dropped)."""
-    return {k[len("encoder."):]: v for k, v in state["student"].items() if k.startswith("encoder.")}
+from mimbench.student import trained_encoder
 
 
 def export(source: str | Path, out: str | Path) -> Path:
     """Write the student of `source` (a run directory or checkpoint file) to folder `out`."""
     source, out = Path(source), Path(out)
-    state = checkpoint.load_latest(source) if source.is_dir() else checkpoint.load(source)
-    if state is None:
-        raise MimbenchError(f"'{source}' holds no checkpoint to export.")
     if out.exists() and any(out.iterdir()):
         raise MimbenchError(f"'{out}' exists and is not empty; choose another --out.")
+    encoder, state = trained_encoder(source)
     student = cfg.from_dict(state["config"]).student
-    encoder = build_encoder(student)
-    encoder.load_state_dict(encoder_weights(state))
     model_args = {"img_size": student.img_size, "patch_size": student.patch_size,
                   "embed_dim": student.embed_dim, "depth": student.depth,
                   "num_heads": student.num_heads, "num_classes": 0, **student.extra}

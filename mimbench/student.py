@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from timm.models.beit import Beit
 from torch import Tensor, nn
 
-from mimbench.config import StudentConfig
-from mimbench.errors import ConfigError
+from mimbench import checkpoint
+from mimbench.config import StudentConfig, from_dict
+from mimbench.errors import ConfigError, MimbenchError
 from mimbench.targets.base import TargetSpec
 
 
@@ -29,6 +32,22 @@ def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
     if not hasattr(encoder, "patch_embed") or not hasattr(encoder, "blocks"):
         raise ConfigError(f"student '{config.model}' is not a ViT; pick a vit_* or beit_* model.")
     return encoder
+
+
+def encoder_weights(state: dict) -> dict:
+    """The encoder's tensors from a checkpoint's student state (mask token and head dropped)."""
+    return {k[len("encoder."):]: v for k, v in state["student"].items() if k.startswith("encoder.")}
+
+
+def trained_encoder(source: Path) -> tuple[nn.Module, dict]:
+    """The student encoder saved in `source` (a run directory or checkpoint file), with the
+    checkpoint state it came from."""
+    state = checkpoint.load_latest(source) if source.is_dir() else checkpoint.load(source)
+    if state is None:
+        raise MimbenchError(f"'{source}' holds no checkpoint yet.")
+    encoder = build_encoder(from_dict(state["config"]).student)
+    encoder.load_state_dict(encoder_weights(state))
+    return encoder, state
 
 
 class Student(nn.Module):
