@@ -33,18 +33,14 @@ class Classifier(nn.Module):
         return self.head(self.norm(tokens.mean(1)))  # [B, classes]
 
 
-def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
-    started = time.perf_counter()
-    cfg = config.finetune
-    train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
+def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int, seed: int,
+                     progress=None, task: str = "fine-tuning") -> tuple[Classifier, list[float]]:
+    """Train `encoder` with a new head on (image, label) pairs by the recipe `cfg` (a
+    FinetuneConfig); returns the classifier in eval mode and the loss per step."""
     classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
     if not classes:
         raise DataError("fine-tuning needs labelled data: point eval_data at class sub-folders.")
-    size = config.student.img_size
-    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
-    steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
-    torch.manual_seed(config.run.seed)
+    torch.manual_seed(seed)
     set_drop_path(encoder, cfg.drop_path)
     model = Classifier(encoder, classes)
     groups = param_groups(model.encoder, nn.ModuleList([model.norm, model.head]), cfg.weight_decay,
@@ -55,7 +51,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
 
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
                       label_smoothing=cfg.label_smoothing, num_classes=classes)
-    g = torch.Generator().manual_seed(config.run.seed)
+    g = torch.Generator().manual_seed(seed)
 
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
@@ -69,11 +65,29 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
         return F.cross_entropy(m(x), y, label_smoothing=cfg.label_smoothing)
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, steps, cfg.lr, warmup,
-                   "cosine", progress=progress, task="fine-tuning")
+                   "cosine", progress=progress, task=task)
+    return model, losses
+
+
+def top1(model: Classifier, dataset, size: int) -> float:
     correct = 0
     with torch.no_grad():
-        for x, y in Batches(val_set, size):
+        for x, y in Batches(dataset, size):
             correct += (model(x).argmax(1) == y).sum().item()
+    return correct / len(dataset) * 100
+
+
+def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
+    started = time.perf_counter()
+    cfg = config.finetune
+    train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
+    size = config.student.img_size
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
+    steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
+                                     progress)
+    classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
             "warmup_steps_run": warmup, "model": source, "classes": classes,
             "features": "average-pooled final patch tokens, LayerNorm, linear",
@@ -83,4 +97,4 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
             "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
-    return {"top1": correct / len(val_set) * 100, "card": card}
+    return {"top1": top1(model, val_set, size), "card": card}

@@ -204,7 +204,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     batches = iter(loader)
 
     student.train()
-    started, window_start, window_images = time.perf_counter(), time.perf_counter(), 0
+    started, window_start, window_images, window_wait = time.perf_counter(), time.perf_counter(), 0, 0.0
     metrics = {}
     for step in range(start, total):
         # all randomness of a step is a function of (seed, rank, step): resume is exact
@@ -212,7 +212,9 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
         lr = lr_at(step, total, plan["warmup_steps"], plan["peak_lr"], config.optim.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        waited = time.perf_counter()
         micro = [next(batches) for _ in range(accum)]
+        window_wait += time.perf_counter() - waited
         try:
             step_loss = train_step(model, provider, spec, micro, loss_name, config, device)
         except torch.OutOfMemoryError:
@@ -236,9 +238,10 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
         if done % config.run.log_every == 0 or done == total:
             elapsed = time.perf_counter() - window_start
             metrics["img_per_s"] = window_images / max(elapsed, 1e-9)
+            metrics["data_wait"] = window_wait / max(elapsed, 1e-9)  # fraction spent waiting for batches
             if world.is_main:
                 run.log_metrics(metrics)
-            window_start, window_images = time.perf_counter(), 0
+            window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         if (done % config.run.checkpoint_every == 0 or done == total) and world.is_main:
             checkpoint.save_atomic({"step": done, "student": student.state_dict(),
                                     "optimizer": optimizer.state_dict(), "plan": plan,

@@ -37,7 +37,10 @@ class BlockMasking:
 
     def blocks(self, rng: random.Random) -> list[tuple[int, int, int, int]]:
         """Sample a mask as the list of blocks (top, left, h, w) that added patches to it."""
-        covered = [[False] * self.width for _ in range(self.height)]
+        return self._sample(rng)[1]
+
+    def _sample(self, rng: random.Random) -> tuple[list[list[bool]], list[tuple[int, int, int, int]]]:
+        covered = [[False] * self.width for _ in range(self.height)]  # [H][W]
         count, placed = 0, []
         while count < self.num_masked:
             block, added = self._place_block(covered, self.num_masked - count, rng)
@@ -45,7 +48,7 @@ class BlockMasking:
                 break
             count += added
             placed.append(block)
-        return placed
+        return covered, placed
 
     def _place_block(self, covered, remaining: int, rng: random.Random):
         for _ in range(10):
@@ -66,10 +69,8 @@ class BlockMasking:
         return None, 0
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        mask = torch.zeros(self.height, self.width, dtype=torch.bool)  # [H, W]
-        for top, left, h, w in self.blocks(_python_rng(generator)):
-            mask[top:top + h, left:left + w] = True
-        return mask
+        covered, _ = self._sample(_python_rng(generator))
+        return torch.tensor(covered, dtype=torch.bool)  # [H, W]; one conversion, no per-block writes
 
 
 class RandomMasking:

@@ -8,7 +8,8 @@ from pathlib import Path
 from mimbench import config as cfg
 from mimbench.engine import RunDir, pretrain
 from mimbench.evals import RESULT_NAMES, run_evals
-from mimbench.suites.schema import RunSpec, Suite
+from mimbench.suites.ceiling import train_supervised
+from mimbench.suites.schema import SUPERVISED, RunSpec, Suite
 
 RESULTS = "results.json"
 
@@ -28,7 +29,8 @@ def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
     missing; returns the run's results.json."""
     results = _read(folder / RESULTS)
     if spec.pretrains and "pretrain" not in results:
-        results = pretrain(spec.config, RunDir(folder), progress)
+        train = train_supervised if spec.target == SUPERVISED else pretrain
+        results = train(spec.config, RunDir(folder), progress)
     missing = missing_evals(spec, results)
     if missing:
         source = str(folder) if spec.pretrains else "timm:random"

@@ -16,6 +16,8 @@ from mimbench.registry import did_you_mean
 
 SHIPPED = Path(__file__).parent
 RANDOM_INIT = "random"  # the floor: the student's architecture, no pre-training
+SUPERVISED = "supervised"  # the ceiling: that architecture trained with labels, same budget
+BASELINES = (RANDOM_INIT, SUPERVISED)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
         "expect"}
 METRICS = {"linear": "linear_probe.top1", "finetune": "finetune.top1",
@@ -66,7 +68,7 @@ class Suite:
         for target in self.targets:
             for point in points:
                 for seed in self.seeds:
-                    base_target = "pixels" if target == RANDOM_INIT else target  # shape only
+                    base_target = "pixels" if target in BASELINES else target  # shape only
                     config = cfg.resolve(self.preset, target=base_target)
                     config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
                                                        "run.evals": list(self.evals)}))
@@ -129,7 +131,7 @@ def load(name_or_path: str) -> Suite:
             raise ConfigError(f"unknown suite key '{key}'{did_you_mean(key, KEYS)} in '{path}'; "
                               f"keys are: {', '.join(sorted(KEYS))}.")
     targets = _list(data, "targets")
-    known = [*TARGETS.names(), RANDOM_INIT]
+    known = [*TARGETS.names(), *BASELINES]
     for target in targets:
         if target not in known:
             raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "

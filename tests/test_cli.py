@@ -26,7 +26,7 @@ def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     assert config["target"]["name"] == "pixels" and config["optim"]["steps"] == 6
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert all(isinstance(r["step"], int) and r["loss"] > 0 for r in rows)
+    assert all(isinstance(r["step"], int) and r["loss"] > 0 and 0 <= r["data_wait"] < 1 for r in rows)
     results = json.loads((out / "results.json").read_text())
     assert results["pretrain"]["steps"] == 6
     assert results["pretrain"]["final_loss"] == pytest.approx(rows[-1]["loss"])

@@ -9,10 +9,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from mimbench.errors import ConfigError
-from mimbench.suites import report, schema
+from mimbench.evals.backbone import load_backbone
+from mimbench.suites import report, runner, schema
 from tests.conftest import run_cli
 
 SMALL = """
@@ -50,7 +52,8 @@ def test_shipped_suites_load_and_expand():
     assert set(schema.shipped()) >= {"tiny", "mvp_vitb16_300ep", "beit_vitb16_300ep",
                                      "ablate_mask_ratio", "ablate_target_layer"}
     tiny = schema.load("tiny")
-    assert len(tiny.runs()) == 4 * 3 and set(tiny.targets) >= {"clip", "dvae", "pixels", "random"}
+    assert len(tiny.runs()) == 5 * 3
+    assert set(tiny.targets) == {"clip", "dvae", "pixels", "random", "supervised"}
     ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
     assert ratios == [0.2, 0.3, 0.4, 0.5, 0.6]
     mvp = schema.load("mvp_vitb16_300ep").runs()[0].config
@@ -130,3 +133,25 @@ def test_ablation_suite_draws_its_line_plot(tmp_path):
     assert (tmp_path / "out" / "ablation_linear_probe_top1.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     assert [r["point"]["mask.ratio"] for r in rows] == [0.3, 0.5]
+
+
+def test_supervised_ceiling_is_trained_on_labels_and_evaluated_like_a_student(tmp_path):
+    path = tmp_path / "ceiling.yaml"
+    path.write_text(SMALL.replace("[pixels, random]", "[supervised, random]").replace("seeds: [0, 1]", "seeds: [0]")
+                    .replace("optim.steps: 4", "optim.steps: 5\n  optim.batch_size: 16"))
+    suite = schema.load(str(path))
+    rows = {r["target"]: r for r in runner.run_suite(suite, tmp_path / "out")}
+    folder = tmp_path / "out" / "runs" / "supervised-s0"
+    pretrain = json.loads((folder / "results.json").read_text())["pretrain"]
+    assert (pretrain["kind"], pretrain["steps"], pretrain["batch"]) == ("supervised", 5, 16)
+    assert pretrain["recipe"]["layer_decay"] == 1.0 and np.isfinite(pretrain["final_loss"])
+    assert set(rows["supervised"]["metrics"]) == set(rows["random"]["metrics"]) == {"linear_probe.top1"}
+    # the evaluations read the encoder trained with labels, not the seed's random init
+    config = suite.runs()[0].config
+    trained = load_backbone(str(folder), config)[0].state_dict()
+    untrained = load_backbone("timm:random", config)[0].state_dict()
+    assert trained.keys() == untrained.keys()
+    assert not torch.equal(trained["blocks.0.attn.qkv.weight"], untrained["blocks.0.attn.qkv.weight"])
+    stamp = (folder / "checkpoint.pt").stat().st_mtime_ns
+    runner.run_suite(suite, tmp_path / "out")  # finished: reused, not retrained
+    assert (folder / "checkpoint.pt").stat().st_mtime_ns == stamp

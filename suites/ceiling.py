@@ -1,0 +1,42 @@
+"""The suite's ceiling row: the student's architecture trained with labels instead of a MIM
+target, on the pre-training images and budget (steps x effective batch), saved as a
+checkpoint that every evaluation reads as it reads a pre-trained student."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from mimbench import checkpoint, config as cfg
+from mimbench.data import build_dataset
+from mimbench.engine import RunDir, schedule
+from mimbench.evals.finetune import train_classifier
+from mimbench.student import build_encoder
+
+
+def train_supervised(config: cfg.Config, run: RunDir, progress=None) -> dict:
+    """Train from random init with the fine-tuning recipe, minus layer decay (nothing is
+    pre-trained to protect); writes run/checkpoint.pt and results.json's 'pretrain'."""
+    started = time.perf_counter()
+    images = build_dataset(config.data.name, **config.data.options)  # (image, label) pairs
+    plan = schedule(config, len(images))
+    recipe = dataclasses.replace(config.finetune, batch_size=plan["effective_batch"], layer_decay=1.0)
+    torch.manual_seed(config.run.seed)
+    encoder = build_encoder(config.student)
+    _, losses = train_classifier(encoder, images, recipe, config.student.img_size,
+                                 plan["total_steps"], plan["warmup_steps"], config.run.seed,
+                                 progress, task="supervised ceiling")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(cfg.dump_yaml(config))
+    checkpoint.save_atomic({"step": plan["total_steps"], "config": cfg.to_dict(config),
+                            "student": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}},
+                           run.checkpoint)
+    results = {"pretrain": {"kind": "supervised", "steps": plan["total_steps"],
+                            "batch": plan["effective_batch"], "final_loss": losses[-1],
+                            "recipe": dataclasses.asdict(recipe),
+                            "wall_time_s": time.perf_counter() - started},
+               "target": {"name": "supervised"}, "config": cfg.to_dict(config)}
+    run.write_results(results)
+    return results
