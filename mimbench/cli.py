@@ -90,14 +90,13 @@ def say(message: str) -> None:
 
 
 class ProgressBars:
-    """One rich bar per task name (teacher builds, pre-training, evaluations): step, loss,
-    img/s, elapsed time and ETA."""
+    """One rich bar per task name (teacher builds, pre-training, evaluations): step, the loss
+    and img/s where the task reports them, elapsed time and ETA."""
 
     def __init__(self):
         self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(),
                              TextColumn("step {task.completed}/{task.total}"),
-                             TextColumn("loss {task.fields[loss]:.4f}"),
-                             TextColumn("{task.fields[ips]:>5.0f} img/s"), TimeElapsedColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                              TextColumn("ETA"), TimeRemainingColumn(), console=console)
         self.tasks: dict[str, int] = {}
 
@@ -110,10 +109,12 @@ class ProgressBars:
 
     def __call__(self, name: str, step: int, total: int, metrics: dict) -> None:
         if name not in self.tasks:
-            self.tasks[name] = self.bars.add_task(name, total=total, loss=float("nan"), ips=0.0)
+            self.tasks[name] = self.bars.add_task(name, total=total, info="", ips=None)
         task = self.tasks[name]
-        self.bars.update(task, completed=step, total=total, loss=metrics.get("loss", float("nan")),
-                         ips=metrics.get("img_per_s", self.bars.tasks[task].fields["ips"]))
+        ips = metrics.get("img_per_s", self.bars.tasks[task].fields["ips"])  # logged every few steps
+        info = [f"loss {metrics['loss']:.4f}" if "loss" in metrics else "",
+                f"{ips:5.0f} img/s" if ips is not None else ""]
+        self.bars.update(task, completed=step, total=total, info="  ".join(filter(None, info)), ips=ips)
 
 
 def print_results(run, results: dict) -> None:
@@ -249,7 +250,9 @@ def suite_list():
 @click.option("--out", type=click.Path(file_okay=False),
               help="Suite folder (default: suites-out/<name>); run again to continue it.")
 @click.option("--dry-run", is_flag=True, help="Print the runs and the compute estimate, run nothing.")
-def suite_run(name, out, dry_run):
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once, each in its own process with a share of the CPU threads.")
+def suite_run(name, out, dry_run, jobs):
     """Run suite NAME (a shipped name or a .yaml path): what is not finished yet, then
     report.md, results.json and PNG plots."""
     from mimbench.suites import schema
@@ -265,7 +268,7 @@ def suite_run(name, out, dry_run):
     folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
     with ProgressBars() as report:
-        rows = run_suite(loaded, folder, report, say)
+        rows = run_suite(loaded, folder, report, say, jobs)
     path = write_report(loaded, rows, folder)
     say(f"report: [bold]{path}[/]")
     click.echo(path.read_text().split("## ")[0].strip())

@@ -24,7 +24,7 @@ from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.student import Student, no_weight_decay_names
-from mimbench.target_cache import TargetCache, check_fixed_views
+from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
 from mimbench.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -157,11 +157,11 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     check_loss(loss_name, spec.kind, config.target.name)
     if isinstance(provider, torch.nn.Module):
         provider.to(device)
+    images = build_dataset(config.data.name, **config.data.options)
     if config.target.cache:
         check_fixed_views(config)
+        check_cache_fits(spec, len(images))
         provider = TargetCache(provider)
-
-    images = build_dataset(config.data.name, **config.data.options)
     state = checkpoint.load_latest(run.path) if run.path.exists() else None
     accum = accumulation_steps(config, world, state.get("plan") if state else None)
     config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, accum_steps=accum))

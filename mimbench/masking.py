@@ -61,7 +61,7 @@ class BlockMasking:
             top = rng.randint(0, self.height - h)
             left = rng.randint(0, self.width - w)
             rows = covered[top:top + h]
-            new = sum(not c for row in rows for c in row[left:left + w])
+            new = sum(row[left:left + w].count(False) for row in rows)
             if 0 < new <= remaining:
                 for row in rows:
                     row[left:left + w] = [True] * w

@@ -7,6 +7,8 @@ CLIP stage 2: 650 MB)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mimbench.config import Config
@@ -17,7 +19,17 @@ def check_fixed_views(config: Config) -> None:
     d = config.data
     if tuple(d.crop_scale) != (1.0, 1.0) or d.hflip or d.color_jitter:
         raise ConfigError("target.cache=true needs fixed views: set data.crop_scale=[1, 1], "
-                          "data.hflip=false and data.color_jitter=0, or turn the cache off.")
+                          "data.hflip=false and data.color_jitter=0, or set target.cache=false.")
+
+
+def check_cache_fits(spec, images: int, budget: int | None = None) -> None:
+    """Refuse, before training, a cache that would fill more than half of this machine's
+    memory (float32 features, int64 token ids)."""
+    need = images * spec.grid[0] * spec.grid[1] * (spec.dim * 4 if spec.kind == "features" else 8)
+    budget = budget or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    if need > budget:
+        raise ConfigError(f"target.cache would hold {need / 2**30:.1f} GiB of targets for {images:,} "
+                          f"images, more than half of this machine's memory; set target.cache=false.")
 
 
 class TargetCache:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+import torch
 
 from mimbench import config as cfg
 from mimbench.engine import RunDir, pretrain
@@ -54,22 +58,45 @@ def row(spec: RunSpec, folder: Path, results: dict, base: cfg.Config) -> dict:
             "folder": str(folder)}
 
 
-def run_suite(suite: Suite, out: Path, progress=None, notify=None) -> list[dict]:
-    """All runs of `suite` under out/runs/<id>; returns one row per run."""
+def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1) -> list[dict]:
+    """All runs of `suite` under out/runs/<id>; returns one row per run. With jobs > 1,
+    that many runs train at once in their own processes, sharing this machine's threads."""
     out.mkdir(parents=True, exist_ok=True)
     runs = suite.runs()
-    base = cfg.resolve(suite.preset)
-    rows = []
-    for i, spec in enumerate(runs):
-        folder = out / "runs" / spec.id
-        finished = is_finished(spec, folder)
+    folders = [out / "runs" / spec.id for spec in runs]
+    todo = [i for i, (spec, folder) in enumerate(zip(runs, folders)) if not is_finished(spec, folder)]
+    done = 0
+
+    def finished(i: int, reused: bool) -> None:
+        nonlocal done
+        done += 1
         if notify:
-            notify(f"[{i + 1}/{len(runs)}] {spec.id}" + (": finished earlier, reused" if finished else ""))
-        results = _read(folder / RESULTS) if finished else run_one(spec, folder, suite.preset, progress)
-        rows.append(row(spec, folder, results, base))
+            notify(f"[{done}/{len(runs)}] {runs[i].id}" + (": finished earlier, reused" if reused else ""))
         if progress:
-            progress("suite", i + 1, len(runs), {})
-    return rows
+            progress("suite", done, len(runs), {})
+
+    for i in range(len(runs)):
+        if i not in todo:
+            finished(i, reused=True)
+    if jobs == 1:
+        for i in todo:
+            if notify:
+                notify(f"running {runs[i].id}")
+            run_one(runs[i], folders[i], suite.preset, progress)
+            finished(i, reused=False)
+    elif todo:
+        threads = max(1, torch.get_num_threads() // jobs)
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=torch.set_num_threads, initargs=(threads,))
+        try:
+            pending = {pool.submit(run_one, runs[i], folders[i], suite.preset): i for i in todo}
+            for future in as_completed(pending):
+                future.result()  # a failed run stops the suite; finished ones are kept
+                finished(pending[future], reused=False)
+        finally:
+            pool.shutdown(cancel_futures=True)
+    base = cfg.resolve(suite.preset)
+    return [row(spec, folder, _read(folder / RESULTS), base) for spec, folder in zip(runs, folders)]
 
 
 def _read(path: Path) -> dict:

@@ -4,8 +4,9 @@ from mimbench import config as cfg
 from mimbench.errors import ConfigError
 
 
-def test_defaults_are_the_tiny_preset():
-    assert cfg.resolve("tiny", target="pixels") == cfg.apply(cfg.Config(), {"target": {"name": "pixels"}})
+def test_defaults_are_the_tiny_preset_but_for_its_target_cache():
+    tiny = {"target": {"name": "pixels", "cache": True}}  # the world's views are fixed
+    assert cfg.resolve("tiny", target="pixels") == cfg.apply(cfg.Config(), tiny)
     assert cfg.Config().student.grid == (8, 8)
 
 

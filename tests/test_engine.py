@@ -179,3 +179,16 @@ def test_cached_targets_give_the_same_run_with_one_teacher_pass_per_image(tmp_pa
     augmented = cfg.resolve("smoke", target="pixels", overrides=("target.cache=true", "data.hflip=true"))
     with pytest.raises(ConfigError, match="fixed views"):
         pretrain(augmented, RunDir(tmp_path / "augmented"))
+
+
+def test_a_target_cache_too_big_for_memory_is_refused_before_training():
+    from mimbench.target_cache import check_cache_fits
+    from mimbench.targets.base import TargetSpec
+
+    clip = TargetSpec("features", 128, (8, 8), 64)  # float32: 20,000 x 64 x 128 x 4 = 655 MB
+    check_cache_fits(clip, 20_000, budget=700 * 10**6)
+    with pytest.raises(ConfigError, match=r"0\.6 GiB of targets for 20,000 images.*target\.cache=false"):
+        check_cache_fits(clip, 20_000, budget=600 * 10**6)
+    tokens = TargetSpec("tokens", 8192, (14, 14), 112)  # int64 ids: 1.28M x 196 x 8 = 2.0 GB
+    with pytest.raises(ConfigError, match="1.9 GiB"):
+        check_cache_fits(tokens, 1_281_167, budget=2 * 10**9)

@@ -155,3 +155,17 @@ def test_supervised_ceiling_is_trained_on_labels_and_evaluated_like_a_student(tm
     stamp = (folder / "checkpoint.pt").stat().st_mtime_ns
     runner.run_suite(suite, tmp_path / "out")  # finished: reused, not retrained
     assert (folder / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_parallel_jobs_finish_every_run_and_reuse_them(tmp_path):
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL)
+    out = tmp_path / "out"
+    result = run_cli("suite", "run", suite, "--out", out, "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["id"] for r in rows) == ["pixels-s0", "pixels-s1", "random-s0", "random-s1"]
+    assert all("linear_probe.top1" in r["metrics"] for r in rows)
+    assert all(len(r["loss_curve"]) == 4 for r in rows if r["target"] == "pixels")
+    again = run_cli("suite", "run", suite, "--out", out, "--jobs", "2")
+    assert again.returncode == 0 and again.stderr.count("finished earlier, reused") == 4
