@@ -88,6 +88,8 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
         threads = max(1, torch.get_num_threads() // jobs)
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=torch.set_num_threads, initargs=(threads,))
+        # seed by seed, so that runs of different targets (and teachers) train side by side
+        todo.sort(key=lambda i: suite.seeds.index(runs[i].seed))
         try:
             pending = {pool.submit(run_one, runs[i], folders[i], suite.preset): i for i in todo}
             for future in as_completed(pending):
