@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 
 
@@ -70,7 +71,7 @@ class BlockMasking:
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
         covered, _ = self._sample(_python_rng(generator))
-        return torch.tensor(covered, dtype=torch.bool)  # [H, W]; one conversion, no per-block writes
+        return torch.from_numpy(np.array(covered, dtype=bool))  # [H, W]; one conversion, no per-block writes
 
 
 class RandomMasking:

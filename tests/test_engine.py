@@ -57,9 +57,10 @@ def test_views_are_two_sizes_of_the_same_crop():
     student = student_input(out["student"][None])[0]
     back = student * torch.tensor(STUDENT_STD).view(3, 1, 1) + torch.tensor(STUDENT_MEAN).view(3, 1, 1)
     teacher = teacher_input(out["teacher"][None])[0]
-    assert torch.allclose(back, out["student"].float() / 255, atol=1e-5)  # student_input inverts
+    assert torch.allclose(back, out["student"].permute(2, 0, 1).float() / 255, atol=1e-5)  # inverts
     teacher_small = torch.nn.functional.avg_pool2d(teacher[None], 2)[0]
-    assert out["teacher"].shape == (3, 64, 64) and out["mask"].shape == (16,)
+    assert out["teacher"].shape == (64, 64, 3) and out["mask"].shape == (16,)
+    assert student.shape == (3, 32, 32) and student.is_contiguous()
     assert (back - teacher_small).abs().mean() < 0.03
     other = teacher_input(views(image, torch.Generator().manual_seed(2))["teacher"][None])[0]
     assert (other - teacher).abs().mean() > 0.05
@@ -137,8 +138,8 @@ def test_micro_batches_with_unequal_masked_counts_give_the_big_batch_gradient():
     for hidden in (3, 11):
         mask = torch.zeros(2, 16, dtype=torch.bool)
         mask[:, torch.randperm(16, generator=g)[:hidden]] = True
-        micro.append({"student": torch.randn(2, 3, 32, 32, generator=g),
-                      "teacher": torch.rand(2, 3, 32, 32, generator=g), "mask": mask})
+        micro.append({"student": torch.randn(2, 32, 32, 3, generator=g),  # views are channels-last
+                      "teacher": torch.rand(2, 32, 32, 3, generator=g), "mask": mask})
     whole = [{k: torch.cat([m[k] for m in micro]) for k in micro[0]}]
     grads, losses = [], []
     for batches in (micro, whole):
