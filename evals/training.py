@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterator
 
-import torch
 from torch import nn
+
+from mimbench.optim import adamw
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
@@ -62,7 +63,7 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
           lr: float, warmup: int, schedule: str = "cosine", power: float = 1.0,
           progress=None, task: str = "training") -> list[float]:
     """Run `steps` AdamW steps of loss_fn(model, batch); returns the loss per step."""
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = adamw(groups, lr=lr)
     model.train()
     losses = []
     for step in range(steps):

@@ -24,6 +24,7 @@ from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, student_input, teacher_input
 from mimbench.losses import check_loss
 from mimbench.masking import build_masking
+from mimbench.optim import adamw
 from mimbench.student import Student
 
 
@@ -77,7 +78,7 @@ class BareReference:
         self.vit.to(device)
         self.head = torch.nn.Linear(s.embed_dim, spec.dim).to(device)
         params = [*self.vit.parameters(), *self.head.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr)
+        self.optimizer = adamw(params, lr=config.optim.lr)  # the engine's AdamW
         self.provider, self.loss = provider, loss
         self.device = device
         self.amp, self.teacher_amp = config.optim.amp, config.run.teacher_amp  # as the step runs

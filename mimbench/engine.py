@@ -23,6 +23,7 @@ from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_inp
 from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
+from mimbench.optim import adamw
 from mimbench.student import Student, no_weight_decay_names
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
 from mimbench.targets import TARGETS
@@ -87,7 +88,7 @@ def build_optimizer(student: torch.nn.Module, config: Config) -> torch.optim.Opt
     no_decay = [p for n, p in student.named_parameters() if n in skip]
     groups = [{"params": decay, "weight_decay": config.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=config.optim.betas)
+    return adamw(groups, lr=config.optim.lr, betas=config.optim.betas)
 
 
 class RunDir:
