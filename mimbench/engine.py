@@ -101,6 +101,12 @@ class RunDir:
         self.checkpoint = self.path / checkpoint.CHECKPOINT
         self.results = self.path / "results.json"
 
+    def begin(self, config: Config) -> None:
+        """Create the folder and write config.yaml, unless a run started here already."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.config.exists():
+            self.config.write_text(cfg.dump_yaml(config))
+
     def log_metrics(self, row: dict) -> None:
         with self.metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -168,9 +174,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, accum_steps=accum))
     plan = schedule(config, len(images), world.size)
     if world.is_main:  # the run directory appears only once the target and data are usable
-        run.path.mkdir(parents=True, exist_ok=True)
-        if not run.config.exists():
-            run.config.write_text(cfg.dump_yaml(config))
+        run.begin(config)
     total, batch = plan["total_steps"], config.optim.batch_size
     start = state["step"] if state else 0
     if notify and world.is_main:

@@ -34,9 +34,18 @@ def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
     return encoder
 
 
+ENCODER = "encoder."  # the prefix of the encoder's tensors in a Student's state dict
+
+
 def encoder_weights(state: dict) -> dict:
     """The encoder's tensors from a checkpoint's student state (mask token and head dropped)."""
-    return {k[len("encoder."):]: v for k, v in state["student"].items() if k.startswith("encoder.")}
+    return {k[len(ENCODER):]: v for k, v in state["student"].items() if k.startswith(ENCODER)}
+
+
+def student_weights(encoder: nn.Module) -> dict:
+    """An encoder's tensors named as a Student's state dict names them: encoder_weights'
+    inverse, for checkpoints of encoders trained outside a Student."""
+    return {ENCODER + k: v for k, v in encoder.state_dict().items()}
 
 
 def trained_encoder(source: Path) -> tuple[nn.Module, dict]:

@@ -13,7 +13,7 @@ from mimbench import checkpoint, config as cfg
 from mimbench.data import build_dataset
 from mimbench.engine import RunDir, schedule
 from mimbench.evals.finetune import train_classifier
-from mimbench.student import build_encoder
+from mimbench.student import build_encoder, student_weights
 
 
 def train_supervised(config: cfg.Config, run: RunDir, progress=None) -> dict:
@@ -28,11 +28,9 @@ def train_supervised(config: cfg.Config, run: RunDir, progress=None) -> dict:
     _, losses = train_classifier(encoder, images, recipe, config.student.img_size,
                                  plan["total_steps"], plan["warmup_steps"], config.run.seed,
                                  progress, task="supervised ceiling")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(cfg.dump_yaml(config))
+    run.begin(config)
     checkpoint.save_atomic({"step": plan["total_steps"], "config": cfg.to_dict(config),
-                            "student": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}},
-                           run.checkpoint)
+                            "student": student_weights(encoder)}, run.checkpoint)
     results = {"pretrain": {"kind": "supervised", "steps": plan["total_steps"],
                             "batch": plan["effective_batch"], "final_loss": losses[-1],
                             "recipe": dataclasses.asdict(recipe),
