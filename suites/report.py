@@ -64,6 +64,16 @@ def groups(rows: list[dict], metric: str) -> dict[tuple, list[float]]:
     return out
 
 
+def ordering(rows: list[dict], metric: str) -> str:
+    """The targets ranked by their mean over seeds at the default grid point, as measured."""
+    means = {target: np.mean(values) for (target, point), values in groups(rows, metric).items()
+             if point == "{}"}
+    ranked = sorted(means, key=means.get, reverse=True)
+    if len(ranked) < 2:
+        return ""  # an ablation suite: its line plot shows the order
+    return "Ordering by mean: " + " > ".join(f"{t} ({means[t]:.2f})" for t in ranked) + "."
+
+
 def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"suite": suite.name, "runs": rows}, indent=2))
@@ -86,7 +96,7 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
             std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
             lines.append(f"| {target} | {point if point != '{}' else '-'} | {m:.2f} +- {std:.2f} | "
                          f"{low:.2f}..{high:.2f} | {len(values)} |")
-        lines.append("")
+        lines += ["", ordering(rows, metric), ""] if ordering(rows, metric) else [""]
     if suite.expect:
         lines += ["## Expectations", "", "| target | metric | expected | measured | within tolerance |",
                   "|---|---|---|---|---|"]
