@@ -68,6 +68,15 @@ def test_block_masking_matches_beit_statistics():
     assert np.abs(ours_hist - ref_hist).max() < 0.04
 
 
+@pytest.mark.parametrize("grid, count, min_block", [((14, 14), 75, 16), ((8, 8), 29, 4)])
+def test_block_masking_draws_exactly_beits_masks_from_the_same_random_stream(grid, count, min_block):
+    masker = BlockMasking(grid=grid, num_masked=count, min_block=min_block)
+    for seed in range(200):
+        ours, _ = masker._sample(random.Random(seed))
+        reference, _ = beit_reference(random.Random(seed), *grid, count, min_block)
+        assert np.array_equal(np.array(ours, dtype=int), reference), seed
+
+
 def test_block_masking_is_reproducible_and_bool():
     masker = BlockMasking()
     a = masker(torch.Generator().manual_seed(7))
