@@ -11,6 +11,7 @@ from mimbench import config as cfg
 from mimbench.data.views import MIMViews, sample_generator
 from mimbench.data.world import World
 from mimbench.masking import BlockMasking, build_masking
+from mimbench.optim import adamw
 from mimbench.student import Student
 from mimbench.targets.pixels import PixelTarget
 
@@ -46,7 +47,7 @@ def test_tiny_pretraining_step(benchmark, tiny):
     """Student forward + backward + AdamW on one tiny-preset batch (pixel target)."""
     target = PixelTarget(tiny.student.img_size, tiny.student.patch_size)
     student = Student(tiny.student, target.spec)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    optimizer = adamw(student.parameters(), lr=1e-3)
     b = tiny.optim.batch_size
     images = torch.rand(b, 3, tiny.student.img_size, tiny.student.img_size)
     mask = torch.rand(b, 64) < 0.45
@@ -60,3 +61,18 @@ def test_tiny_pretraining_step(benchmark, tiny):
 
     benchmark(step)
     benchmark.extra_info["images_per_s"] = b / benchmark.stats["mean"]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_adamw_step(benchmark, preset, fused):
+    """The optimizer step alone for the preset's student (ViT-B/16 on paper): torch's default
+    foreach AdamW against the fused one that mimbench.optim.adamw picks on CPU and CUDA."""
+    config = cfg.resolve(preset, target="pixels")
+    target = PixelTarget(config.student.img_size, config.student.patch_size)
+    student = Student(config.student, target.spec)
+    for p in student.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=fused, foreach=not fused)
+    benchmark(optimizer.step)
+    benchmark.extra_info["parameters"] = sum(p.numel() for p in student.parameters())
