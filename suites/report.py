@@ -135,15 +135,20 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
         ax.set_ylabel(f"{metric} (bars: 95% CI)")
         ax.set_title(f"{suite.name}: {metric}")
         written.append(_save(fig, out / f"bars_{metric.replace('.', '_')}.png"))
-    curves = [r for r in rows if r["loss_curve"]]
+    curves = defaultdict(list)  # target -> its runs: each target's loss has its own scale
+    for r in rows:
+        if r["loss_curve"]:
+            curves[r["target"]].append(r)
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for r in curves:
-            steps, losses = zip(*r["loss_curve"])
-            ax.plot(steps, losses, label=r["id"], linewidth=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("pre-training loss")
-        ax.legend(fontsize=6)
+        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
+        for ax, (target, runs) in zip(axes[0], curves.items()):
+            for r in runs:
+                steps, losses = zip(*r["loss_curve"])
+                ax.plot(steps, losses, label=r["id"].removeprefix(f"{target}-"), linewidth=1)
+            ax.set_title(target)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=6)
+        axes[0][0].set_ylabel("pre-training loss")
         written.append(_save(fig, out / "loss_curves.png"))
     examples = {}
     for r in rows:
