@@ -45,8 +45,7 @@ def paired_gap(rows: list[dict], a: str, b: str, metric: str) -> dict | None:
 
 
 def describe_gap(gap: dict) -> str:
-    unit = gap["metric"].split(".")[-1]
-    text = f"{gap['a']} vs {gap['b']}: {gap['mean']:+.1f} {unit}"
+    text = f"{gap['a']} vs {gap['b']}: {gap['mean']:+.1f} {gap['metric']}"
     if math.isnan(gap["low"]):
         return text + f" (n = {gap['n']} seed(s): too few for a confidence interval)"
     verdict = ("the difference is significant" if gap["low"] > 0 or gap["high"] < 0 else

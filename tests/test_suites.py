@@ -79,7 +79,8 @@ def test_paired_gap_matches_a_hand_computed_t_interval():
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     assert gap["mean"] == pytest.approx(d.mean())
     assert (gap["low"], gap["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
-    assert "95% CI" in report.describe_gap(gap) and "significant" in report.describe_gap(gap)
+    assert report.describe_gap(gap).startswith("a vs b: +5.2 m (95% CI")
+    assert "significant" in report.describe_gap(gap)
     rows.append({"target": "c", "seed": 0, "point": {}, "metrics": {"m": 48.0}})
     assert report.ordering(rows, "m") == "Ordering by mean: a (51.33) > c (48.00) > b (46.17)."
 
