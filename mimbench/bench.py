@@ -161,5 +161,5 @@ def bench(config: Config, repeats: int = 5, batch_size: int | None = None) -> di
         reference += timed(parts.bare, 1, warmup=int(i == 0))
     result = figures(parts, statistics.median(ours), statistics.median(reference),
                      statistics.median(timed(parts.masks, repeats)),
-                     statistics.median(timed(parts.data, max(1, repeats // 2))), matmul_peak())
+                     statistics.median(timed(parts.data, repeats)), matmul_peak())
     return {"target": config.target.name, "repeats": repeats, **result}

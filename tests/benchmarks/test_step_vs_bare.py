@@ -47,7 +47,7 @@ def measure(benchmark, config, repeats, batch_size=None):
     step = benchmark.stats.stats.median
     bare = statistics.median(bare_times[-repeats:])
     masks = statistics.median(timed(parts.masks, repeats))
-    data = statistics.median(timed(parts.data, max(1, repeats // 2)))
+    data = statistics.median(timed(parts.data, repeats))
     benchmark.extra_info.update(figures(parts, step, bare, masks, data, matmul_peak()))
 
 
