@@ -95,7 +95,8 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
             std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
             lines.append(f"| {target} | {point if point != '{}' else '-'} | {m:.2f} +- {std:.2f} | "
                          f"{low:.2f}..{high:.2f} | {len(values)} |")
-        lines += ["", ordering(rows, metric), ""] if ordering(rows, metric) else [""]
+        ranking = ordering(rows, metric)
+        lines += ["", ranking, ""] if ranking else [""]
     if suite.expect:
         lines += ["## Expectations", "", "| target | metric | expected | measured | within tolerance |",
                   "|---|---|---|---|---|"]
