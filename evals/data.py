@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from mimbench.data import build_dataset
-from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
+from mimbench.data.views import resize_all, student_input, uint8_tensor
 
 
 def eval_dataset(config, split: str):
@@ -19,10 +18,10 @@ def eval_dataset(config, split: str):
     return build_dataset(config.eval_data.name, **options)
 
 
-def to_student_input(image: Image.Image, size: int) -> torch.Tensor:
-    """PIL -> [3, size, size] normalised with the student's statistics."""
-    x = TF.to_tensor(image.resize((size, size), Image.BICUBIC))
-    return TF.normalize(x, STUDENT_MEAN, STUDENT_STD)
+def student_batch(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> [B, 3, size, size], resized and normalised as the student's pre-training
+    view is."""
+    return student_input(resize_all([uint8_tensor(im) for im in images], size, "bicubic"))
 
 
 def fingerprint(dataset, name: str, options: dict) -> str:
@@ -53,5 +52,5 @@ class Batches:
     def __iter__(self):
         for b in range(len(self)):
             items = [self.dataset[i] for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
-            yield (torch.stack([to_student_input(im, self.size) for im, _ in items]),
+            yield (student_batch([im for im, _ in items], self.size),
                    torch.tensor([label for _, label in items]))

@@ -15,7 +15,7 @@ from mimbench.data import build_dataset
 from mimbench.data.seg_augment import augment
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
 from mimbench.errors import ConfigError
-from mimbench.evals.data import fingerprint, to_student_input
+from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
@@ -102,7 +102,7 @@ def segmentation_data(config, split: str):
 
 def _batch(dataset, indices, size: int):
     images, labels = zip(*(dataset[int(i)] for i in indices))
-    x = torch.stack([to_student_input(im, size) for im in images])
+    x = student_batch(images, size)
     y = torch.stack([torch.from_numpy(np.asarray(lab, dtype=np.int64)) for lab in labels])
     y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
     return x, y  # [B, 3, S, S], [B, S, S]
@@ -167,7 +167,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
     for start in range(0, len(val_set), window):
         items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
-        images = torch.stack([to_student_input(image, size) for image, _ in items])
+        images = student_batch([image for image, _ in items], size)
         logits = predict(model, images, cfg.crop, cfg.stride, classes)  # [b, classes, S, S]
         for (_, label), logit in zip(items, logits):
             label = np.asarray(label)

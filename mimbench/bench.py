@@ -60,8 +60,7 @@ def one_batch(config: Config, spec, batch_size: int):
     dataset = MIMDataset(images, views, config.run.seed)
 
     def make(epoch=0):
-        items = [dataset[(epoch, i % len(images))] for i in range(batch_size)]
-        return torch.utils.data.default_collate(items)
+        return views.collate([dataset[(epoch, i % len(images))] for i in range(batch_size)])
 
     return make(), make
 

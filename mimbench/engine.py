@@ -204,7 +204,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
                             rank=world.rank, world_size=world.size)
     loader = torch.utils.data.DataLoader(
         MIMDataset(images, views, config.run.seed), batch_size=batch, sampler=sampler,
-        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+        collate_fn=views.collate, num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
         persistent_workers=config.data.num_workers > 0)
     batches = iter(loader)
 

@@ -45,9 +45,9 @@ def example(folder: Path, index: int = 0) -> dict:
     image, label = data[index]
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
                      build_masking(config.mask, config.student.grid))
-    v = views(image, sample_generator(config.run.seed, 0, index))
-    target = provider(teacher_input(v["teacher"][None]))[0].clone()  # [N, D] or [N]
-    pred = student(student_input(v["student"][None]), v["mask"][None])[0]  # [N, dim]
+    v = views.collate([views(image, sample_generator(config.run.seed, 0, index))])  # a batch of 1
+    target = provider(teacher_input(v["teacher"]))[0].clone()  # [N, D] or [N]
+    pred = student(student_input(v["student"]), v["mask"])[0]  # [N, dim]
     tokens = spec.kind == "tokens"
     target_rgb, frame = to_rgb(target if tokens else target.float(), tokens)
     if tokens:  # one seed: an id has the same colour in both panels
@@ -56,7 +56,7 @@ def example(folder: Path, index: int = 0) -> dict:
         if config.target.standardize:
             pred = pred * target.float().std(0) + target.float().mean(0)
         pred_rgb, _ = to_rgb(pred, tokens, frame)
-    pred_rgb[~v["mask"]] = 0.5
+    pred_rgb[~v["mask"][0]] = 0.5
     h, w = spec.grid
     return {"image": np.asarray(image), "label": np.asarray(label),
             "target": target_rgb.reshape(h, w, 3).numpy(), "prediction": pred_rgb.reshape(h, w, 3).numpy(),

@@ -7,6 +7,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # what the core can resize with
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -20,6 +22,9 @@ class TargetSpec:
     def __post_init__(self):
         if self.kind not in ("features", "tokens"):
             raise ValueError(f"TargetSpec.kind must be 'features' or 'tokens', not {self.kind!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"TargetSpec.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"not {self.interpolation!r}")
 
 
 @runtime_checkable

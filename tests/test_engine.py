@@ -52,18 +52,37 @@ def test_views_are_two_sizes_of_the_same_crop():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((256, 256))
     views = MIMViews(32, 64, "bicubic", RandomMasking((4, 4), 5), crop_scale=(0.2, 0.6), hflip=True)
-    out = views(image, torch.Generator().manual_seed(1))
+    out = views.collate([views(image, torch.Generator().manual_seed(1))])  # a batch of 1
     assert out["student"].dtype == out["teacher"].dtype == torch.uint8
-    student = student_input(out["student"][None])[0]
+    student = student_input(out["student"])[0]
     back = student * torch.tensor(STUDENT_STD).view(3, 1, 1) + torch.tensor(STUDENT_MEAN).view(3, 1, 1)
-    teacher = teacher_input(out["teacher"][None])[0]
-    assert torch.allclose(back, out["student"].permute(2, 0, 1).float() / 255, atol=1e-5)  # inverts
+    teacher = teacher_input(out["teacher"])[0]
+    assert torch.allclose(back, out["student"][0].permute(2, 0, 1).float() / 255, atol=1e-5)  # inverts
     teacher_small = torch.nn.functional.avg_pool2d(teacher[None], 2)[0]
-    assert out["teacher"].shape == (64, 64, 3) and out["mask"].shape == (16,)
+    assert out["teacher"].shape == (1, 64, 64, 3) and out["mask"].shape == (1, 16)
     assert student.shape == (3, 32, 32) and student.is_contiguous()
     assert (back - teacher_small).abs().mean() < 0.03
-    other = teacher_input(views(image, torch.Generator().manual_seed(2))["teacher"][None])[0]
-    assert (other - teacher).abs().mean() > 0.05
+    other = views.collate([views(image, torch.Generator().manual_seed(2))])
+    assert (teacher_input(other["teacher"])[0] - teacher).abs().mean() > 0.05
+
+
+def test_a_batch_of_views_is_each_sample_collated_alone():
+    """Crops of one size are resized as one batch, others one at a time; either way each
+    sample's views are the ones it gets alone."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(5)]
+    for crop_scale in ((1.0, 1.0), (0.3, 0.9)):
+        views = MIMViews(32, 24, "bicubic", RandomMasking((4, 4), 5), crop_scale=crop_scale)
+        samples = [views(im, torch.Generator().manual_seed(i)) for i, im in enumerate(images)]
+        assert (len({s["crop"].shape for s in samples}) == 1) == (crop_scale == (1.0, 1.0))
+        batch = views.collate(samples)
+        for i, sample in enumerate(samples):
+            alone = views.collate([sample])
+            for key in ("student", "teacher", "mask"):
+                assert torch.equal(batch[key][i], alone[key][0]), (crop_scale, key)
 
 
 class NanAfterThree(PixelTarget):
@@ -193,3 +212,19 @@ def test_a_target_cache_too_big_for_memory_is_refused_before_training():
     tokens = TargetSpec("tokens", 8192, (14, 14), 112)  # int64 ids: 1.28M x 196 x 8 = 2.0 GB
     with pytest.raises(ConfigError, match="1.9 GiB"):
         check_cache_fits(tokens, 1_281_167, budget=2 * 10**9)
+
+
+@pytest.mark.parametrize("views", ["fixed", "random crops and flips"])
+def test_data_workers_feed_the_same_run(tmp_path, views):
+    """Views and masks are made in worker processes (spawned by the DataLoader, with the
+    views' collate) exactly as in the training process: the same losses step by step."""
+    augment = () if views == "fixed" else ("data.crop_scale=[0.3, 1.0]", "data.hflip=true")
+    losses = {}
+    for workers in (0, 2):
+        c = cfg.resolve("smoke", target="pixels", overrides=(
+            *augment, "optim.steps=4", f"data.num_workers={workers}"))
+        run = RunDir(tmp_path / f"workers-{workers}")
+        pretrain(c, run)
+        losses[workers] = [json.loads(line)["loss"] for line in run.metrics.read_text().splitlines()]
+    assert len(losses[0]) == 4
+    assert losses[2] == pytest.approx(losses[0], rel=1e-6)
