@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mimbench.data import build_dataset
 from mimbench.data.views import resize_all, student_input, uint8_tensor
@@ -18,9 +17,9 @@ def eval_dataset(config, split: str):
     return build_dataset(config.eval_data.name, **options)
 
 
-def student_batch(images: list[Image.Image], size: int) -> torch.Tensor:
-    """PIL images -> [B, 3, size, size], resized and normalised as the student's pre-training
-    view is."""
+def student_batch(images: list, size: int) -> torch.Tensor:
+    """PIL images or uint8 [H, W, 3] arrays -> [B, 3, size, size], resized and normalised as the
+    student's pre-training view is."""
     return student_input(resize_all([uint8_tensor(im) for im in images], size, "bicubic"))
 
 

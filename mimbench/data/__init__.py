@@ -1,4 +1,5 @@
-"""Datasets by name. Each yields (PIL RGB image, label) pairs; label -1 when unlabelled."""
+"""Datasets by name. Each yields (image, label) pairs: a PIL RGB image or a uint8 [H, W, 3]
+array (the world's, which skips two conversions a sample), and label -1 when unlabelled."""
 
 from __future__ import annotations
 

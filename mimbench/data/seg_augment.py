@@ -8,6 +8,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from mimbench.data.views import as_pil
+
 IGNORE = 255
 
 
@@ -67,10 +69,11 @@ def photometric_distortion(image: torch.Tensor, g: torch.Generator) -> torch.Ten
     return image
 
 
-def augment(image: Image.Image, label: np.ndarray, crop: int, g: torch.Generator,
+def augment(image, label: np.ndarray, crop: int, g: torch.Generator,
             scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75):
-    """-> image [3, crop, crop] in [0, 1] (zero padded), label [crop, crop] int64 (255 padded)."""
-    image, label = random_rescale(image, label, scale, ratio_range, g)
+    """image: PIL RGB or uint8 [H, W, 3] array -> image [3, crop, crop] in [0, 1] (zero padded),
+    label [crop, crop] int64 (255 padded)."""
+    image, label = random_rescale(as_pil(image), label, scale, ratio_range, g)
     image, label = random_crop(image, label, crop, cat_max_ratio, g)
     x = TF.to_tensor(image)  # [3, h, w]
     y = torch.from_numpy(np.ascontiguousarray(label))  # [h, w]

@@ -52,12 +52,17 @@ def color_jitter(image: Image.Image, strength: float, g: torch.Generator) -> Ima
     return image
 
 
-def uint8_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> [H, W, 3] uint8, in the image's own layout. Views stay 8-bit and
-    channels-last until a whole batch is on its device: a quarter of the bytes to move, one
+def uint8_tensor(image) -> torch.Tensor:
+    """PIL RGB or uint8 [H, W, 3] array -> [H, W, 3] uint8 tensor of its own. Views stay 8-bit
+    and channels-last until a whole batch is on its device: a quarter of the bytes to move, one
     vectorised conversion instead of one per image, and collation stacks contiguous images
     (stacking per-image permuted views was ~20x slower)."""
     return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
+def as_pil(image) -> Image.Image:
+    """PIL RGB or uint8 [H, W, 3] array -> PIL RGB image."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
 PIL_ONLY = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS}  # torch lacks or rounds them otherwise
@@ -122,13 +127,15 @@ class MIMViews:
         self.hflip = hflip
         self.jitter = jitter
 
-    def __call__(self, image: Image.Image, g: torch.Generator) -> dict:
+    def __call__(self, image, g: torch.Generator) -> dict:
+        """image: PIL RGB or uint8 [H, W, 3] array."""
         if self.jitter:
-            image = color_jitter(image, self.jitter, g)
+            image = color_jitter(as_pil(image), self.jitter, g)
+        pixels = uint8_tensor(image)  # [H, W, 3]
         if self.hflip and torch.rand((), generator=g).item() < 0.5:
-            image = TF.hflip(image)
-        top, left, h, w = crop_box(image.width, image.height, self.crop_scale, g)
-        return {"crop": uint8_tensor(image)[top:top + h, left:left + w],  # [h, w, 3]
+            pixels = pixels.flip(1)
+        top, left, h, w = crop_box(pixels.shape[1], pixels.shape[0], self.crop_scale, g)
+        return {"crop": pixels[top:top + h, left:left + w],  # [h, w, 3]
                 "mask": self.masker(g).flatten()}  # [N]
 
     def collate(self, items: list[dict]) -> dict:

@@ -116,7 +116,8 @@ def _position_words(cx: float, cy: float, size: float) -> str:
 
 
 class World:
-    """Scenes of one split. Item i is (PIL image, label); `scene(i)` adds mask and caption."""
+    """Scenes of one split. Item i is (image, label), the image a uint8 [S, S, 3] array (read
+    only when cached); `scene(i)` adds mask and caption."""
 
     def __init__(self, split: str = "pretrain", length: int | None = None, image_size: int = 64,
                  difficulty: int = 0, seed: int = 0, cache: bool = True,
@@ -139,14 +140,14 @@ class World:
         return self.length
 
     def __getitem__(self, i: int):
-        """(PIL image, class of the largest object) or, with labels='mask', (image, [S, S] map)."""
+        """(image, class of the largest object) or, with labels='mask', (image, [S, S] map)."""
         if self._arrays is not None:
             images, masks, labels = self._arrays
             image, mask, label = images[i], masks[i], int(labels[i])
         else:
             scene = self.scene(i)
             image, mask, label = scene.image, scene.mask, scene.label
-        return Image.fromarray(image), (np.array(mask) if self.labels == "mask" else label)
+        return np.asarray(image), (np.array(mask) if self.labels == "mask" else label)
 
     @property
     def num_classes(self) -> int:
