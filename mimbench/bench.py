@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimbench import distributed, engine
+from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
-from mimbench.data.views import MIMDataset, MIMViews, student_input, teacher_input
+from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
 from mimbench.losses import check_loss
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
@@ -52,15 +53,17 @@ def matmul_peak(repeats: int = 10) -> float:
 
 
 def one_batch(config: Config, spec, batch_size: int):
-    """A batch of views as the engine builds them, and a callable that builds another."""
+    """A batch of views as the engine builds them, and a callable that builds the next one of
+    the same sample stream (other images each time, as in training: no warm caches)."""
     images = build_dataset(config.data.name, **config.data.options)
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
                      build_masking(config.mask, config.student.grid), config.data.crop_scale,
                      config.data.hflip, config.data.color_jitter)
     dataset = MIMDataset(images, views, config.run.seed)
+    stream = iter(StreamSampler(len(images), config.run.seed))
 
-    def make(epoch=0):
-        return views.collate([dataset[(epoch, i % len(images))] for i in range(batch_size)])
+    def make():
+        return views.collate([dataset[next(stream)] for _ in range(batch_size)])
 
     return make(), make
 
@@ -110,6 +113,7 @@ class StepParts:
 
 
 def prepare(config: Config, batch_size: int | None = None) -> StepParts:
+    keep_freed_memory()  # as pre-training does, for both steps alike
     torch.manual_seed(0)
     _, device = distributed.init(config.run.device)
     provider = engine.build_target_for(config)
@@ -137,7 +141,7 @@ def prepare(config: Config, batch_size: int | None = None) -> StepParts:
     with FlopCounterMode(display=False) as counter:
         ours()
     return StepParts(ours, lambda: bare(batch), lambda: [masker(g) for _ in range(b)],
-                     lambda: make_batch(1), b, float(counter.get_total_flops()))
+                     make_batch, b, float(counter.get_total_flops()))
 
 
 def figures(parts: StepParts, step_s: float, bare_s: float, masks_s: float, data_s: float,

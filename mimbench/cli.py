@@ -16,6 +16,7 @@ from rich.table import Table
 
 from mimbench import __version__
 from mimbench import config as cfg
+from mimbench.allocator import keep_freed_memory
 from mimbench.errors import MimbenchError
 
 console = Console(stderr=True)
@@ -41,6 +42,7 @@ class Group(click.Group):
 def main(ctx, debug):
     """mimbench: masked image modeling with swappable targets."""
     ctx.obj = {"debug": debug}
+    keep_freed_memory()  # every command's tensors: mimbench/allocator.py
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mimbench import checkpoint, config as cfg, distributed, teachers
+from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
@@ -157,6 +158,7 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
              notify: Callable[[str], None] | None = None) -> dict:
     """Pre-train (or continue) the run in `run`; returns the results written to results.json.
     Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes."""
+    keep_freed_memory()
     world, device = distributed.init(config.run.device)
     provider = build_target_for(config, progress if world.is_main else None)
     spec = provider.spec
