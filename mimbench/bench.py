@@ -155,14 +155,16 @@ def figures(parts: StepParts, step_s: float, bare_s: float, masks_s: float, data
 
 
 def bench(config: Config, repeats: int = 5, batch_size: int | None = None) -> dict:
-    """Median seconds of each part of a step, the two steps interleaved so that drifts of
-    the machine hit both alike, and the figures derived from them."""
+    """Median seconds of each part of a step: the two steps interleaved so that drifts of the
+    machine hit both alike, data and masks each timed right after a step (as the training
+    loop builds the next batch), and the figures derived from them."""
     parts = prepare(config, batch_size)
-    ours, reference = [], []
+    ours, data, reference, masks = [], [], [], []
     for i in range(repeats):
         ours += timed(parts.ours, 1, warmup=int(i == 0))
+        data += timed(parts.data, 1, warmup=0)
         reference += timed(parts.bare, 1, warmup=int(i == 0))
+        masks += timed(parts.masks, 1, warmup=0)
     result = figures(parts, statistics.median(ours), statistics.median(reference),
-                     statistics.median(timed(parts.masks, repeats)),
-                     statistics.median(timed(parts.data, repeats)), matmul_peak())
+                     statistics.median(masks), statistics.median(data), matmul_peak())
     return {"target": config.target.name, "repeats": repeats, **result}

@@ -38,23 +38,24 @@ def dvae_weights(tmp_path_factory):
 
 def measure(benchmark, config, repeats, batch_size=None):
     parts = prepare(config, batch_size)
-    bare_times = []  # a bare step before each mimbench step, so drifts hit both alike
+    bare, data, masks = [], [], []
 
     def before_each_round():
-        bare_times.extend(timed(parts.bare, 1, warmup=0))
+        """Data right after the previous mimbench step, as the training loop builds it; then a
+        bare step, so drifts hit both steps alike; then masks right after that step."""
+        data.extend(timed(parts.data, 1, warmup=0))
+        bare.extend(timed(parts.bare, 1, warmup=0))
+        masks.extend(timed(parts.masks, 1, warmup=0))
 
     benchmark.pedantic(parts.ours, setup=before_each_round, rounds=repeats, warmup_rounds=1)
-    step = benchmark.stats.stats.median
-    bare = statistics.median(bare_times[-repeats:])
-    masks = statistics.median(timed(parts.masks, repeats))
-    data = statistics.median(timed(parts.data, repeats))
-    benchmark.extra_info.update(figures(parts, step, bare, masks, data, matmul_peak()))
+    medians = [statistics.median(times[-repeats:]) for times in (bare, masks, data)]
+    benchmark.extra_info.update(figures(parts, benchmark.stats.stats.median, *medians, matmul_peak()))
 
 
 @pytest.mark.parametrize("target", sorted(TINY_OPTIONS))
 def test_tiny_step_vs_bare(benchmark, target):
     config = cfg.resolve("tiny", target=target, overrides=TINY_OPTIONS[target])
-    measure(benchmark, config, repeats=7)
+    measure(benchmark, config, repeats=15)
 
 
 @pytest.mark.parametrize("target", [*sorted(VITB_OPTIONS), "dvae"])
@@ -65,4 +66,4 @@ def test_vitb16_step_vs_bare(benchmark, target, dvae_weights):
     config = cfg.resolve("paper", target=target, overrides=(
         *options, "data.name=world", "data.image_size=224", "data.length=64",
         f"optim.amp={amp}", f"run.teacher_amp={amp}"))
-    measure(benchmark, config, repeats=3, batch_size=4)
+    measure(benchmark, config, repeats=5, batch_size=4)
