@@ -65,7 +65,8 @@ def as_pil(image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
-PIL_ONLY = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS}  # torch lacks or rounds them otherwise
+# torch has no Lanczos, and its nearest modes pick other pixels than PIL's when upscaling
+PIL_ONLY = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
 
 def resize(views: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
@@ -114,8 +115,9 @@ class MIMViews:
     mask [N] (True = masked); `collate` turns a list of those into a batch of student views
     [B, S, S, 3] and teacher views [B, T, T, 3] of the same crops.
 
-    The views are resized per batch, not per image: a batch of crops of one size (fixed views)
-    is resized in one call, ~10x faster than one image at a time (docs/performance.md)."""
+    The views are resized per batch, not per image: crops of one size (fixed views) go through
+    one call; 32 64-px crops to 32 px took ~0.35 ms, against ~85-100 us each in PIL
+    (docs/performance.md)."""
 
     def __init__(self, student_size: int, teacher_size: int, teacher_interpolation: str,
                  masker, crop_scale=(1.0, 1.0), hflip=False, jitter=0.0):
