@@ -77,7 +77,7 @@ def resize(views: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     if views.shape[1:3] == (size, size):
         return views.contiguous()
     if interpolation in PIL_ONLY:
-        return torch.stack([uint8_tensor(Image.fromarray(v.numpy()).resize((size, size), PIL_ONLY[interpolation]))
+        return torch.stack([uint8_tensor(as_pil(v.numpy()).resize((size, size), PIL_ONLY[interpolation]))
                             for v in views])
     nchw = views.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # [B, 3, H, W]
     out = F.interpolate(nchw, size=(size, size), mode=interpolation, antialias=True)
