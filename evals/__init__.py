@@ -1,4 +1,4 @@
-"""Evaluations of a pre-trained student: linear probe, fine-tuning, segmentation.
+"""Evaluations of a pre-trained student: linear and k-NN probes, fine-tuning, segmentation.
 
 Each evaluation only reads a backbone and writes its result with a protocol card into
 results.json under evals.<name>.
@@ -11,27 +11,43 @@ from pathlib import Path
 
 from mimbench.errors import ConfigError
 
-RESULT_NAMES = {"linear": "linear_probe", "finetune": "finetune", "segmentation": "segmentation"}
+RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
+                "segmentation": "segmentation"}
+
+
+FROZEN_EVALS = ("linear", "knn")  # the protocols that read frozen features only
 
 
 def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
-    """Run evaluations `names` on `source` (run dir, checkpoint or timm:<name>); merge their
-    results into out/results.json and return that file's content."""
+    """Run evaluations `names` on `source` (run dir, checkpoint, timm:<name>, or target:<name>
+    for a feature target's own frozen features); merge their results into out/results.json
+    and return that file's content."""
     from mimbench.engine import RunDir
     from mimbench.evals.backbone import load_backbone
+    from mimbench.evals.features import TARGET, student_features, target_features
     from mimbench.evals.finetune import finetune
+    from mimbench.evals.knn import knn_probe
     from mimbench.evals.linear_probe import linear_probe
     from mimbench.evals.segmentation import segmentation
 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:
         raise ConfigError(f"unknown evaluation '{unknown[0]}'; available: {', '.join(RESULT_NAMES)}.")
+    is_target = source.startswith(TARGET)
+    trained = [n for n in names if n not in FROZEN_EVALS]
+    if is_target and trained:
+        raise ConfigError(f"'{trained[0]}' trains the network it evaluates; a target's own features "
+                          f"can be evaluated by {' and '.join(FROZEN_EVALS)} only.")
     run = RunDir(out)
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
+    frozen = target_features(config, source) if is_target else None
     for name in names:
-        encoder, description = load_backbone(source, config)  # fresh: fine-tuning changes it
-        if name == "linear":
-            result = linear_probe(encoder, config, description, Path(out) / "features", progress, preset)
+        if not is_target:
+            encoder, description = load_backbone(source, config)  # fresh: fine-tuning changes it
+        if name in FROZEN_EVALS:
+            probe = linear_probe if name == "linear" else knn_probe
+            model = frozen if is_target else student_features(encoder, config, description)
+            result = probe(model, config, Path(out) / "features", progress, preset)
         elif name == "finetune":
             result = finetune(encoder, config, description, progress, preset)
         else:

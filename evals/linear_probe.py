@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -12,45 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mimbench.errors import DataError
-from mimbench.evals.backbone import pooled_features
-from mimbench.evals.data import Batches, eval_dataset, fingerprint
+from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 from mimbench.evals.lars import LARS
-from mimbench.targets.frozen import block_index
 
 log = logging.getLogger(__name__)
 REFERENCES = {  # PROTOCOLS.md: ViT-B/16, ImageNet-1k
     "paper": {"mvp_300ep": 75.4, "beit_800ep": 56.7, "tolerance": 1.0, "dataset": "ImageNet-1k"},
 }
-
-
-@torch.no_grad()
-def extract(encoder, dataset, size: int, block: int, pooling: str, progress=None, task="features"):
-    """Features [M, D] and labels [M] of a whole dataset."""
-    encoder.eval()
-    features, labels = [], []
-    batches = Batches(dataset, size)
-    for i, (images, y) in enumerate(batches):
-        features.append(pooled_features(encoder, images, block, pooling))
-        labels.append(y)
-        if progress:
-            progress(task, i + 1, len(batches), {})
-    return torch.cat(features).float(), torch.cat(labels)
-
-
-def cached_features(encoder, dataset, size, block, pooling, cache: Path | None, key: str, **kw):
-    """`extract`, stored under `cache` (a run's features/ folder) by a key of everything it depends on."""
-    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
-    if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
-        return saved["features"], saved["labels"]
-    features, labels = extract(encoder, dataset, size, block, pooling, **kw)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": features, "labels": labels}, tmp)
-        tmp.replace(path)
-    return features, labels
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_iter: int):
@@ -122,38 +89,21 @@ def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
     return top1, {"lr": lr, "steps": total}
 
 
-def linear_probe(encoder, config, source: str, cache: Path | None = None, progress=None,
+def linear_probe(model: FrozenModel, config, cache: Path | None = None, progress=None,
                  preset: str | None = None) -> dict:
     """Top-1 of a linear classifier on frozen features; the result with its protocol card."""
     started = time.perf_counter()
     cfg = config.linear
-    block = block_index(cfg.block, len(encoder.blocks), "the student")
-    size = config.student.img_size
-    splits = {}
-    for split in ("train", "val"):
-        dataset = eval_dataset(config, split)
-        if any(dataset[i][1] < 0 for i in (0, len(dataset) - 1)):
-            raise DataError(f"the {split} data of the linear probe has no labels; use a labelled "
-                            f"dataset (class sub-folders) for eval_data.")
-        fp = fingerprint(dataset, config.eval_data.name, getattr(config.eval_data, split))
-        key = f"{source}|{block}|{cfg.pooling}|{size}|{fp}"
-        x, y = cached_features(encoder, dataset, size, block, cfg.pooling, cache, key,
-                               progress=progress, task=f"features {split}")
-        splits[split] = (x, y, fp, len(dataset))
+    splits = frozen_splits(model, config, cache, progress, "linear probe")
     (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # standardise with train statistics
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
     classes = int(max(train_y.max(), val_y.max())) + 1
     probe = lbfgs_probe if cfg.protocol == "lbfgs" else mae_probe
     top1, details = probe(train_x, train_y, val_x, val_y, classes, cfg, config.run.seed)
-    card = {"protocol": cfg.protocol, **dataclasses.asdict(cfg), "feature_block": block,
-            "features": f"{cfg.pooling}-pooled block {block}, standardised with train statistics",
-            "model": source, "data": config.eval_data.name,
-            "train": {"options": config.eval_data.train, "size": splits["train"][3],
-                      "fingerprint": splits["train"][2]},
-            "val": {"options": config.eval_data.val, "size": splits["val"][3],
-                    "fingerprint": splits["val"][2]},
-            "classes": classes, "chance": 100 / classes, "seed": config.run.seed,
+    card = {"protocol": cfg.protocol, **dataclasses.asdict(cfg), **probe_card(model, config, splits),
+            "standardised": "each feature with train statistics", "classes": classes,
+            "chance": 100 / classes, "seed": config.run.seed,
             "wall_time_s": time.perf_counter() - started, **details,
             "reference": REFERENCES.get(preset)}
     return {"top1": top1, "card": card}

@@ -92,6 +92,13 @@ class Segmenter(nn.Module):
         return logits, aux  # [B, classes, S, S] each
 
 
+def headline(background: int | None) -> str:
+    """The metric a report leads with: where one class is the background (the world), a
+    colour threshold gets it right, so the mean over the object classes carries the signal;
+    otherwise (ADE20K) the mean over all classes, as BEiT reports it."""
+    return "mIoU" if background is None else "mIoU_objects"
+
+
 def segmentation_data(config, split: str):
     cfg = config.segmentation
     if cfg.dataset == "ade20k":
@@ -176,8 +183,10 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
             labels.append(label)
         if progress:
             progress("segmentation val", len(preds), len(val_set), {})
-    metrics = segmentation_metrics(preds, labels, classes, IGNORE)
+    background = getattr(val_set, "background_class", None)
+    metrics = segmentation_metrics(preds, labels, classes, IGNORE, background)
     card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),
+            "headline": headline(background),
             "feature_blocks": model.blocks, "model": source, "classes": classes,
             "inference": "whole image" if cfg.crop is None else f"sliding window {cfg.crop}/{cfg.stride}",
             "train": {"size": len(train_set), "fingerprint": fingerprint(train_set, "seg-train", {})},

@@ -31,6 +31,7 @@ class StudentConfig:
     num_heads: int = 4
     drop_path: float = 0.0
     layer_scale: float | None = None  # timm's init_values
+    pos_embed: Literal["learn", "sincos"] = "learn"  # sincos: MAE's fixed 2-D sin-cos, frozen in pre-training
     extra: dict = field(default_factory=dict)  # more timm kwargs, e.g. use_shared_rel_pos_bias
 
     @property
@@ -127,6 +128,14 @@ class LinearProbeConfig:
 
 
 @dataclass(frozen=True)
+class KnnConfig:
+    """DINO's weighted k-NN on the linear probe's frozen features (its block and pooling)."""
+
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Full fine-tuning for classification (BEiT's recipe at paper scale)."""
 
@@ -181,6 +190,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
@@ -394,7 +404,10 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     config = apply(config, from_file)
     if target is not None:
         config = apply(config, {"target": {"name": target}})
-    chosen = (from_file.get("target") or {}) if target is None else {}
+    from_file_target = from_file.get("target") or {}
+    # the file's target keys stand unless --target switched to another target than the file's
+    same = from_file_target.get("name", config.target.name) == config.target.name
+    chosen = from_file_target if same else {}
     defaults = TARGET_DEFAULTS.get(preset, {}).get(config.target.name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     for text in overrides:

@@ -27,6 +27,7 @@ from mimbench.masking import build_masking
 from mimbench.optim import adamw
 from mimbench.student import Student, no_weight_decay_names
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
+from mimbench.target_grid import ResampledFeatures, check_grid
 from mimbench.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ ProgressFn = Callable[[str, int, int, dict], None]  # (task, step, total steps, 
 
 def build_target_for(config: Config, progress: ProgressFn | None = None):
     """The target of `config`, given the student's img_size/patch_size/grid where its factory
-    takes them and the user did not set them; in-project teachers are built on first use."""
+    takes them and the user did not set them; in-project teachers are built on first use. A
+    feature target on another grid is resampled to the student's (mimbench.target_grid)."""
     factory = TARGETS.get(config.target.name).factory
     params = inspect.signature(factory).parameters
     context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
@@ -43,12 +45,12 @@ def build_target_for(config: Config, progress: ProgressFn | None = None):
     options = {k: v for k, v in context.items() if k in params}
     options |= teachers.resolve_references(config.target.options, progress)
     provider = factory(**options)
-    spec = provider.spec
-    if tuple(spec.grid) != config.student.grid:
-        g, s = spec.grid, config.student.grid
-        raise ConfigError(f"target '{config.target.name}' gives a {g[0]}x{g[1]} token grid but the "
-                          f"student has {s[0]}x{s[1]} patches; change the target's input size or "
-                          f"student.img_size/patch_size so they agree.")
+    check_grid(provider.spec, config.student.grid, config.target.name)
+    if tuple(provider.spec.grid) != config.student.grid:
+        g, s = provider.spec.grid, config.student.grid
+        log.info("target '%s' gives a %dx%d grid; resampling it to the student's %dx%d",
+                 config.target.name, g[0], g[1], s[0], s[1])
+        provider = ResampledFeatures(provider, config.student.grid)
     return provider
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.beit import Beit
 from torch import Tensor, nn
 
@@ -31,7 +32,22 @@ def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
                           f"pick a vit_* or beit_* model.") from None
     if not hasattr(encoder, "patch_embed") or not hasattr(encoder, "blocks"):
         raise ConfigError(f"student '{config.model}' is not a ViT; pick a vit_* or beit_* model.")
+    if config.pos_embed == "sincos":
+        set_sincos_pos_embed(encoder, config)
     return encoder
+
+
+def set_sincos_pos_embed(encoder: nn.Module, config: StudentConfig) -> None:
+    """MAE's position embedding: 2-D sin-cos over the patch grid, zeros for prefix tokens."""
+    table = getattr(encoder, "pos_embed", None)
+    if table is None or config.embed_dim % 4:
+        raise ConfigError("student.pos_embed=sincos needs an absolute position embedding (a vit_* "
+                          "model) and student.embed_dim divisible by 4.")
+    patches = build_sincos2d_pos_embed(list(config.grid), config.embed_dim)  # [N, D]
+    prefix = table.shape[1] - patches.shape[0]
+    with torch.no_grad():
+        table.zero_()
+        table[0, prefix:] = patches
 
 
 ENCODER = "encoder."  # the prefix of the encoder's tensors in a Student's state dict
@@ -65,6 +81,8 @@ class Student(nn.Module):
     def __init__(self, config: StudentConfig, spec: TargetSpec):
         super().__init__()
         self.encoder = build_encoder(config)
+        if config.pos_embed == "sincos":  # fixed while pre-training; evaluations may tune it
+            self.encoder.pos_embed.requires_grad_(False)
         width = self.encoder.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)

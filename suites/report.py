@@ -76,16 +76,16 @@ def ordering(rows: list[dict], metric: str) -> str:
 def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"suite": suite.name, "runs": rows}, indent=2))
-    metrics = [METRICS[e] for e in suite.evals]
+    measured = {m for r in rows for m in r["metrics"]}
+    metrics = [m for e in suite.evals for m in METRICS[e] if m in measured]
     lines = [f"# Suite `{suite.name}`", "", suite.description.strip(), ""]
-    gaps = []
     if suite.compare:
+        default = [r for r in rows if not r["point"] or r["point"] == rows[0]["point"]]
         for metric in metrics:
-            gap = paired_gap([r for r in rows if not r["point"] or r["point"] == rows[0]["point"]],
-                             *suite.compare, metric)
-            if gap:
-                gaps.append(gap)
-                lines.append(f"**{describe_gap(gap)}**  ")
+            for pair in suite.compare:
+                gap = paired_gap(default, *pair, metric)
+                if gap:
+                    lines.append(f"**{describe_gap(gap)}**  ")
         lines.append("")
     for metric in metrics:
         lines += [f"## {metric}", "", "| target | grid point | mean +- std | 95% CI | n |",
@@ -156,7 +156,7 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
             examples[r["target"]] = picture.example(Path(r["folder"]))
     if examples:
         written.append(picture.draw(examples, out / "examples.png"))
-    if len(suite.grid) == 1:
+    if isinstance(suite.grid, dict) and len(suite.grid) == 1:
         key = next(iter(suite.grid))
         for metric in metrics:
             fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -37,7 +37,7 @@ def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
         results = train(spec.config, RunDir(folder), progress)
     missing = missing_evals(spec, results)
     if missing:
-        source = str(folder) if spec.pretrains else "timm:random"
+        source = spec.source or str(folder)
         results = run_evals(missing, spec.config, source, folder, progress, preset)
     return results
 

@@ -12,16 +12,21 @@ import yaml
 
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
+from mimbench.evals import FROZEN_EVALS
 from mimbench.registry import did_you_mean
 
 SHIPPED = Path(__file__).parent
 RANDOM_INIT = "random"  # the floor: the student's architecture, no pre-training
-SUPERVISED = "supervised"  # the ceiling: that architecture trained with labels, same budget
-BASELINES = (RANDOM_INIT, SUPERVISED)
+SUPERVISED = "supervised"  # that architecture trained with labels, same budget
+TEACHER = "teacher"  # the reference: the suite's teacher target's own frozen features
+BASELINES = (RANDOM_INIT, SUPERVISED, TEACHER)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
-        "expect"}
-METRICS = {"linear": "linear_probe.top1", "finetune": "finetune.top1",
-           "segmentation": "segmentation.mIoU"}
+        "expect", "teacher"}
+# Per evaluation, the metrics a report tables, headline first; a metric no run has is skipped
+# (mIoU_objects exists where the data has a background class: the world, not ADE20K).
+METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "finetune": ("finetune.top1",),
+           "segmentation": ("segmentation.mIoU_objects", "segmentation.mIoU")}
+ALL_METRICS = [m for names in METRICS.values() for m in names]
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,16 @@ class RunSpec:
 
     @property
     def pretrains(self) -> bool:
-        return self.target != RANDOM_INIT
+        return self.target not in (RANDOM_INIT, TEACHER)
+
+    @property
+    def source(self) -> str | None:
+        """What the evaluations read when nothing is pre-trained (None: the run's folder)."""
+        if self.target == RANDOM_INIT:
+            return "timm:random"
+        if self.target == TEACHER:
+            return f"target:{self.config.target.name}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -54,28 +68,42 @@ class Suite:
     preset: str
     targets: tuple[str, ...]
     seeds: tuple[int, ...]
-    grid: dict
+    grid: dict | tuple  # {key: values} (their product) or points, each a tuple of (key, value)
     set: dict
     evals: tuple[str, ...]
-    compare: tuple[str, str] | None
+    compare: tuple[tuple[str, str], ...]  # the pairs whose gaps head the report
     expect: tuple[Expectation, ...]
     source: Path
+    teacher: str = "clip"  # the feature target whose own features the 'teacher' row evaluates
+
+    def points(self) -> list[dict]:
+        """The grid's points: the product of a mapping's value lists, or a list's own points."""
+        if isinstance(self.grid, tuple):
+            return [dict(p) for p in self.grid]
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[RunSpec]:
-        keys = list(self.grid)
-        points = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        points = self.points()
         runs = []
         for target in self.targets:
             for point in points:
                 for seed in self.seeds:
-                    base_target = "pixels" if target in BASELINES else target  # shape only
+                    base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
+                                   SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
+                    evals = [e for e in self.evals if target != TEACHER or e in FROZEN_EVALS]
                     config = cfg.resolve(self.preset, target=base_target)
                     config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
-                                                       "run.evals": list(self.evals)}))
+                                                       "run.evals": evals}))
                     cfg.check_options(config)
                     label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
                     runs.append(RunSpec(run_id, target, seed, point, config))
+        ids = [r.id for r in runs]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ConfigError(f"suite '{self.name}' names two runs '{twice[0]}'; give each grid "
+                              f"point different values.")
         return runs
 
 
@@ -140,24 +168,35 @@ def load(name_or_path: str) -> Suite:
     if not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"suite seeds must be integers, not {seeds!r}.")
     grid = data.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"suite 'grid' must map config keys to lists of values, not {grid!r}.")
-    for key in grid:
-        _list(grid, key)
+    if isinstance(grid, list):  # explicit points, e.g. [{}, {student.img_size: 64, ...}]
+        if not all(isinstance(p, dict) for p in grid):
+            raise ConfigError(f"a suite 'grid' list must hold mappings of config keys to values "
+                              f"({{}} is the preset's defaults), not {grid!r}.")
+        grid = tuple(tuple(p.items()) for p in grid)
+    elif isinstance(grid, dict):
+        for key in grid:
+            _list(grid, key)
+        grid = {k: tuple(v) for k, v in grid.items()}
+    else:
+        raise ConfigError(f"suite 'grid' must map config keys to lists of values, or list points, "
+                          f"not {grid!r}.")
     evals = _list(data, "evals", list(RESULT_NAMES))
     for name in evals:
         if name not in RESULT_NAMES:
             raise ConfigError(f"unknown evaluation '{name}'{did_you_mean(str(name), RESULT_NAMES)} in "
                               f"suite '{path}'; evaluations are: {', '.join(RESULT_NAMES)}.")
-    compare = data.get("compare")
-    if compare is not None and (len(compare) != 2 or any(t not in targets for t in compare)):
-        raise ConfigError(f"suite 'compare' must name two of its targets, not {compare!r}.")
+    compare = data.get("compare") or []
+    pairs = [compare] if compare and all(isinstance(t, str) for t in compare) else compare
+    if not isinstance(pairs, list) or any(not isinstance(p, list) or len(p) != 2
+                                          or any(t not in targets for t in p) for p in pairs):
+        raise ConfigError(f"suite 'compare' must name two of its targets, or list such pairs "
+                          f"(e.g. [[clip, dvae], [clip, random]]), not {compare!r}.")
     expect = tuple(_expectation(e, targets) for e in data.get("expect") or [])
     suite = Suite(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
                   preset=str(data.get("preset", "tiny")), targets=tuple(targets), seeds=tuple(seeds),
-                  grid={k: tuple(v) for k, v in grid.items()}, set=dict(data.get("set") or {}),
-                  evals=tuple(evals), compare=tuple(compare) if compare else None, expect=expect,
-                  source=path)
+                  grid=grid, set=dict(data.get("set") or {}),
+                  evals=tuple(evals), compare=tuple(tuple(p) for p in pairs), expect=expect,
+                  source=path, teacher=str(data.get("teacher", "clip")))
     suite.runs()  # resolves every config: unknown keys and bad values fail here
     return suite
 
@@ -168,6 +207,6 @@ def _expectation(entry: Any, targets: list) -> Expectation:
                           f"not {entry!r}.")
     if entry["target"] not in targets:
         raise ConfigError(f"expectation for target '{entry['target']}', which the suite does not run.")
-    if entry["metric"] not in METRICS.values():
-        raise ConfigError(f"unknown metric '{entry['metric']}'; metrics are: {', '.join(METRICS.values())}.")
+    if entry["metric"] not in ALL_METRICS:
+        raise ConfigError(f"unknown metric '{entry['metric']}'; metrics are: {', '.join(ALL_METRICS)}.")
     return Expectation(entry["target"], entry["metric"], float(entry["value"]), float(entry["tolerance"]))

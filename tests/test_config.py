@@ -57,3 +57,14 @@ def test_changing_the_target_name_drops_the_old_targets_options():
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=message):
         cfg.resolve("smoke", target="pixels", overrides=(override,))
+
+
+def test_a_config_files_target_keys_outrank_the_presets_target_defaults(tmp_path):
+    """--target clip with a file that sets target.layer: the file's layer, not the preset's."""
+    path = tmp_path / "run.yaml"
+    path.write_text("target:\n  layer: 3\n  loss: cosine\n")
+    config = cfg.resolve("tiny", config_file=path, target="clip")
+    assert config.target.options["layer"] == 3 and config.target.loss == "cosine"
+    assert config.target.options["model"] == "teacher:clip"  # the defaults the file left alone
+    path.write_text("target:\n  name: timm\n  layer: 3\n")  # another target's keys do not carry over
+    assert cfg.resolve("tiny", config_file=path, target="clip").target.options["layer"] == 2

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mimbench import config as cfg
+from mimbench.evals.knn import knn_predict
 from mimbench.evals.linear_probe import lbfgs_probe, mae_probe
 from mimbench.evals.segmentation import feature_blocks
 from mimbench.evals.training import param_groups
@@ -28,6 +29,28 @@ def test_linear_probe_separates_separable_features(probe):
     shuffled = val_y[torch.randperm(len(val_y), generator=torch.Generator().manual_seed(2))]
     top1_noise, _ = probe(train_x, train_y, val_x, shuffled, 4, config, seed=0)
     assert top1_noise < 40  # labels unrelated to features: chance is 25 %
+
+
+def test_knn_votes_as_dino_defines_it():
+    """Against a plain loop: cosine similarity, the k nearest, votes weighted exp(s / T)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    train_x, train_y = torch.randn(300, 8, generator=g), torch.randint(0, 5, (300,), generator=g)
+    val_x = torch.randn(40, 8, generator=g)
+    got = knn_predict(train_x, train_y, val_x, 5, k=7, temperature=0.1)
+    a, b = train_x.numpy(), val_x.numpy()
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    for i, v in enumerate(b / np.linalg.norm(b, axis=1, keepdims=True)):
+        sims = a @ v
+        nearest = np.argsort(-sims)[:7]
+        votes = np.zeros(5)
+        for j in nearest:
+            votes[train_y[j]] += np.exp(sims[j] / 0.1)
+        assert got[i].item() == votes.argmax()
+    train_x, train_y = separable(seed=0)
+    val_x, val_y = separable(seed=1)
+    assert (knn_predict(train_x, train_y, val_x, 4, 20, 0.07) == val_y).float().mean() > 0.99
 
 
 def test_feature_blocks_follow_beit():

@@ -46,3 +46,15 @@ def test_perfect_prediction_and_ignored_pixels():
     pred = np.array([[0, 1], [7, 2]])  # the prediction under an ignored pixel does not count
     got = segmentation_metrics([pred], [label], 3)
     assert got["mIoU"] == 100.0 and got["aAcc"] == 100.0
+
+
+def test_object_miou_leaves_the_background_out():
+    """Background right everywhere, objects half right: the object mean sees only the objects."""
+    label = np.array([[0, 0, 0, 0], [0, 1, 1, 0], [0, 2, 2, 0], [0, 0, 0, 0]])
+    pred = label.copy()
+    pred[1, 2] = 2  # one pixel of class 1 called 2
+    got = segmentation_metrics([pred], [label], 3, background=0)
+    iou_1, iou_2 = 1 / 2, 2 / 3  # class 1: I 1, U 2; class 2: I 2, U 3
+    assert got["mIoU_objects"] == pytest.approx(100 * (iou_1 + iou_2) / 2)
+    assert got["mIoU"] == pytest.approx(100 * (1 + iou_1 + iou_2) / 3)
+    assert "mIoU_objects" not in segmentation_metrics([pred], [label], 3)

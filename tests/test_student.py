@@ -50,3 +50,20 @@ def test_weight_decay_exemptions():
     assert {"mask_token", "encoder.cls_token", "encoder.pos_embed", "encoder.blocks.0.norm1.weight",
             "head.bias"} <= skip
     assert "encoder.blocks.0.attn.qkv.weight" not in skip and "head.weight" not in skip
+
+
+def test_sincos_position_embedding_is_maes_and_fixed_while_pre_training():
+    import math
+    from dataclasses import replace
+
+    config = replace(SMALL, embed_dim=32, pos_embed="sincos")
+    student = Student(config, SPEC)
+    table = student.encoder.pos_embed[0]  # [1 + 16, 32]: cls, then the 4x4 patches row by row
+    assert torch.equal(table[0], torch.zeros(32))
+    quarter = 8  # sin(row), sin(col), cos(row), cos(col); frequencies 1 / 10000^(i / 8)
+    for index, (row, col) in enumerate((r, c) for r in range(4) for c in range(4)):
+        angles = [[coord / 10000 ** (i / quarter) for i in range(quarter)] for coord in (row, col)]
+        expected = [f(a) for f in (math.sin, math.cos) for axis in angles for a in axis]
+        assert torch.allclose(table[1 + index], torch.tensor(expected), atol=1e-6)
+    assert not student.encoder.pos_embed.requires_grad
+    assert "encoder.pos_embed" not in {n for n, p in student.named_parameters() if p.requires_grad}

@@ -172,3 +172,52 @@ def test_parallel_jobs_finish_every_run_and_reuse_them(tmp_path):
     assert all(len(r["loss_curve"]) == 4 for r in rows if r["target"] == "pixels")
     again = run_cli("suite", "run", suite, "--out", out, "--jobs", "2")
     assert again.returncode == 0 and again.stderr.count("finished earlier, reused") == 4
+
+
+def test_grid_points_and_comparison_pairs(tmp_path):
+    path = tmp_path / "points.yaml"
+    path.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "compare: [pixels, random]", "compare: [[pixels, random], [random, pixels]]")
+        + "grid:\n  - {}\n  - {student.img_size: 64, student.patch_size: 16}\n")
+    suite = schema.load(str(path))
+    assert suite.compare == (("pixels", "random"), ("random", "pixels"))
+    runs = {r.id: r for r in suite.runs()}
+    assert set(runs) == {"pixels-s0", "pixels-img_size64-patch_size16-s0", "random-s0",
+                         "random-img_size64-patch_size16-s0"}
+    moved = runs["pixels-img_size64-patch_size16-s0"].config.student
+    assert (moved.img_size, moved.patch_size) == (64, 16)
+    assert runs["pixels-s0"].config.student == schema.load(str(path)).runs()[0].config.student
+    path.write_text(SMALL + "grid:\n  - {mask.ratio: 0.3}\n  - {mask.ratio: 0.3}\n")
+    with pytest.raises(ConfigError, match="names two runs 'pixels-ratio0.3-s0'"):
+        schema.load(str(path))
+
+
+def test_teacher_row_probes_the_targets_own_features(tmp_path):
+    """The teacher row: the clip target's frozen features, pooled, under the frozen protocols
+    only; its features are the target's own, computed here by hand from the teacher."""
+    from mimbench import config as cfg
+    from mimbench.engine import build_target_for
+    from mimbench.evals.data import eval_dataset
+
+    path = tmp_path / "teacher.yaml"
+    path.write_text(SMALL.replace("[pixels, random]\nseeds", "[teacher, random]\nseeds")
+                    .replace("seeds: [0, 1]", "seeds: [0]").replace("evals: [linear]", "evals: [linear, knn, finetune]")
+                    .replace("compare: [pixels, random]", "compare: [teacher, random]"))
+    suite = schema.load(str(path))
+    rows = {r["target"]: r for r in runner.run_suite(suite, tmp_path / "out")}
+    assert set(rows["teacher"]["metrics"]) == {"linear_probe.top1", "knn.top1"}
+    assert set(rows["random"]["metrics"]) == {"linear_probe.top1", "knn.top1", "finetune.top1"}
+    config = cfg.resolve("smoke", target="clip")
+    provider = build_target_for(config)
+    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(5))]
+    size = provider.spec.input_size
+    views = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float() / 255
+    if views.shape[-1] != size:
+        views = torch.nn.functional.interpolate(views, size=(size, size), mode="bicubic", antialias=True)
+    expected = provider(views).mean(1)  # [5, D]
+    cached = [torch.load(p, weights_only=True) for p in (tmp_path / "out" / "runs" / "teacher-s0" / "features").glob("*.pt")]
+    val = next(c for c in cached if len(c["labels"]) == len(eval_dataset(config, "val")))
+    assert torch.allclose(val["features"][:5], expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="'finetune' trains the network"):
+        from mimbench.evals import run_evals
+        run_evals(["finetune"], config, "target:clip", tmp_path / "x")

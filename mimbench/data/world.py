@@ -153,6 +153,11 @@ class World:
     def num_classes(self) -> int:
         return len(SHAPES) + 1 if self.labels == "mask" else len(SHAPES)
 
+    @property
+    def background_class(self) -> int | None:
+        """The label of the background in masks (shapes are 1..8); None for class labels."""
+        return 0 if self.labels == "mask" else None
+
     def _load_or_render(self):
         """Images, masks and labels as uint8 arrays, rendered once into the cache directory."""
         key = f"v1-s{self.seed}-{self.split}-n{self.length}-px{self.image_size}-d{self.difficulty}"

@@ -1,12 +1,14 @@
 """Wall time of each evaluation on the `tiny` preset (random-init student, the world's eval
 splits), one round each: `pytest tests/benchmarks/test_eval_speed.py --benchmark-enable
---benchmark-only`. The linear probe includes feature extraction (its cache is per test)."""
+--benchmark-only`. Each probe includes feature extraction (its cache is per test)."""
 
 import pytest
 
 from mimbench import config as cfg
 from mimbench.evals.backbone import load_backbone
+from mimbench.evals.features import student_features
 from mimbench.evals.finetune import finetune
+from mimbench.evals.knn import knn_probe
 from mimbench.evals.linear_probe import linear_probe
 from mimbench.evals.segmentation import segmentation
 
@@ -16,12 +18,13 @@ def tiny():
     return cfg.resolve("tiny", target="pixels")
 
 
-@pytest.mark.parametrize("name", ["linear", "finetune", "segmentation"])
+@pytest.mark.parametrize("name", ["linear", "knn", "finetune", "segmentation"])
 def test_tiny_evaluation(benchmark, tiny, tmp_path, name):
     def evaluate():
         encoder, source = load_backbone("timm:random", tiny)
-        if name == "linear":
-            return linear_probe(encoder, tiny, source, tmp_path / "features")
+        if name in ("linear", "knn"):
+            probe = linear_probe if name == "linear" else knn_probe
+            return probe(student_features(encoder, tiny, source), tiny, tmp_path / "features")
         if name == "finetune":
             return finetune(encoder, tiny, source)
         return segmentation(encoder, tiny, source)
