@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from mimbench import config as cfg
+from mimbench.distributed import resolve_device
 from mimbench.data.views import resize_all, teacher_input, uint8_tensor
 from mimbench.errors import ConfigError, DataError
 from mimbench.evals.backbone import pooled_features
@@ -38,9 +39,15 @@ def student_features(encoder, config, source: str) -> FrozenModel:
     cfg = config.linear
     block = block_index(cfg.block, len(encoder.blocks), "the student")
     size = config.student.img_size
-    encoder.eval()
-    return FrozenModel(lambda images: pooled_features(encoder, student_batch(images, size), block, cfg.pooling),
-                       f"{source}|{block}|{cfg.pooling}|{size}", source, f"{cfg.pooling}-pooled block {block}")
+    device = resolve_device(config.run.device)
+    encoder.eval().to(device)
+
+    def embed(images):
+        batch = student_batch(images, size).to(device)
+        return pooled_features(encoder, batch, block, cfg.pooling).cpu()
+
+    return FrozenModel(embed, f"{source}|{block}|{cfg.pooling}|{size}", source,
+                       f"{cfg.pooling}-pooled block {block}")
 
 
 TARGET = "target:"  # a source naming a target: its own frozen features are evaluated
@@ -52,6 +59,9 @@ def target_features(config, source: str) -> FrozenModel:
     from mimbench.engine import build_target_for
 
     provider = build_target_for(config)
+    device = resolve_device(config.run.device)
+    if isinstance(provider, torch.nn.Module):
+        provider.to(device)
     spec = provider.spec
     if spec.kind != "features":
         raise ConfigError(f"target '{config.target.name}' gives token ids, which have no features "
@@ -59,7 +69,7 @@ def target_features(config, source: str) -> FrozenModel:
 
     def embed(images):
         views = resize_all([uint8_tensor(im) for im in images], spec.input_size, spec.interpolation)
-        return provider(teacher_input(views)).mean(1)  # [B, N, D] -> [B, D]
+        return provider(teacher_input(views.to(device))).mean(1).cpu()  # [B, N, D] -> [B, D]
 
     options = json.dumps(cfg.to_dict(config)["target"], sort_keys=True)
     return FrozenModel(embed, f"{source}|{options}", source,

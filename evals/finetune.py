@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimbench.distributed import resolve_device
 from mimbench.errors import DataError
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
@@ -34,7 +35,8 @@ class Classifier(nn.Module):
 
 
 def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int, seed: int,
-                     progress=None, task: str = "fine-tuning") -> tuple[Classifier, list[float]]:
+                     progress=None, task: str = "fine-tuning",
+                     device: torch.device = torch.device("cpu")) -> tuple[Classifier, list[float]]:
     """Train `encoder` with a new head on (image, label) pairs by the recipe `cfg` (a
     FinetuneConfig); returns the classifier in eval mode and the loss per step."""
     classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
@@ -42,7 +44,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
         raise DataError("fine-tuning needs labelled data: point eval_data at class sub-folders.")
     torch.manual_seed(seed)
     set_drop_path(encoder, cfg.drop_path)
-    model = Classifier(encoder, classes)
+    model = Classifier(encoder, classes).to(device)
     groups = param_groups(model.encoder, nn.ModuleList([model.norm, model.head]), cfg.weight_decay,
                           cfg.layer_decay)
     mixup = None
@@ -71,9 +73,10 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
 
 def top1(model: Classifier, dataset, size: int) -> float:
     correct = 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for x, y in Batches(dataset, size):
-            correct += (model(x).argmax(1) == y).sum().item()
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     return correct / len(dataset) * 100
 
 
@@ -86,7 +89,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
-                                     progress)
+                                     progress, device=resolve_device(config.run.device))
     classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
             "warmup_steps_run": warmup, "model": source, "classes": classes,

@@ -14,6 +14,7 @@ from torch import nn
 from mimbench.data import build_dataset
 from mimbench.data.seg_augment import augment
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
+from mimbench.distributed import resolve_device
 from mimbench.errors import ConfigError
 from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
@@ -131,8 +132,8 @@ def predict(model: Segmenter, images: torch.Tensor, crop: int | None, stride: in
     if crop is None:
         return model(images)[0]
     b, _, h, w = images.shape
-    total = torch.zeros(b, classes, h, w)
-    count = torch.zeros(1, 1, h, w)
+    total = images.new_zeros(b, classes, h, w)
+    count = images.new_zeros(1, 1, h, w)
     for top in sorted({*range(0, max(h - crop, 0) + 1, stride), max(h - crop, 0)}):
         for left in sorted({*range(0, max(w - crop, 0) + 1, stride), max(w - crop, 0)}):
             window = images[..., top:top + crop, left:left + crop]
@@ -150,7 +151,8 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     size = config.student.img_size
     torch.manual_seed(config.run.seed)
     set_drop_path(encoder, cfg.drop_path)
-    model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales)
+    device = resolve_device(config.run.device)
+    model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales).to(device)
     groups = param_groups(model.encoder, nn.ModuleList([model.pyramid, model.head, model.aux]),
                           cfg.weight_decay, cfg.layer_decay)
     g = torch.Generator().manual_seed(config.run.seed)
@@ -175,7 +177,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     for start in range(0, len(val_set), window):
         items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
         images = student_batch([image for image, _ in items], size)
-        logits = predict(model, images, cfg.crop, cfg.stride, classes)  # [b, classes, S, S]
+        logits = predict(model, images.to(device), cfg.crop, cfg.stride, classes).cpu()  # [b, classes, S, S]
         for (_, label), logit in zip(items, logits):
             label = np.asarray(label)
             logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)

@@ -64,13 +64,14 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
           progress=None, task: str = "training") -> list[float]:
     """Run `steps` AdamW steps of loss_fn(model, batch); returns the loss per step."""
     optimizer = adamw(groups, lr=lr)
+    device = next(model.parameters()).device  # batches come as CPU tensors and go where the model is
     model.train()
     losses = []
     for step in range(steps):
         factor = lr_factor(step, steps, warmup, schedule, power)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor * group["lr_scale"]
-        loss = loss_fn(model, next(batches))
+        loss = loss_fn(model, [t.to(device, non_blocking=True) for t in next(batches)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

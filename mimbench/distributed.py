@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mimbench.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class World:
@@ -33,9 +35,7 @@ def init(device_name: str) -> tuple[World, torch.device]:
     this process: cuda:<local rank> when GPUs are used, else the named device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     world = World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(device_name)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
     if world.distributed and not dist.is_initialized():
@@ -43,6 +43,21 @@ def init(device_name: str) -> tuple[World, torch.device]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, device
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is the GPU where one is visible, else the CPU; any other name is torch's."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device={name!r} is not a torch device; use auto, cpu, cuda or "
+                          f"cuda:<index>.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name} but no GPU is visible here; use run.device=auto "
+                          f"(the GPU where there is one) or cpu.")
+    return device
 
 
 def sum_all(value: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from mimbench import checkpoint, config as cfg
 from mimbench.data import build_dataset
+from mimbench.distributed import resolve_device
 from mimbench.engine import RunDir, schedule
 from mimbench.evals.finetune import train_classifier
 from mimbench.student import build_encoder, student_weights
@@ -27,7 +28,7 @@ def train_supervised(config: cfg.Config, run: RunDir, progress=None) -> dict:
     encoder = build_encoder(config.student)
     _, losses = train_classifier(encoder, images, recipe, config.student.img_size,
                                  plan["total_steps"], plan["warmup_steps"], config.run.seed,
-                                 progress, task="supervised ceiling")
+                                 progress, task="supervised", device=resolve_device(config.run.device))
     run.begin(config)
     checkpoint.save_atomic({"step": plan["total_steps"], "config": cfg.to_dict(config),
                             "student": student_weights(encoder)}, run.checkpoint)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -80,6 +81,8 @@ def _fails_cleanly(result, *words):
     (["--preset", "smok"], ["unknown preset 'smok'", "did you mean 'smoke'"]),
     (["--set", "data.name=folder", "--set", "data.root=/no/such/folder"], ["/no/such/folder", "does not exist"]),
     (["--config", "missing.yaml"], ["missing.yaml"]),
+    (["--set", "run.device=gpu"], ["run.device='gpu' is not a torch device"]),
+    *([(["--set", "run.device=cuda"], ["no GPU is visible"])] if not torch.cuda.is_available() else []),
 ])
 def test_bad_inputs_fail_with_one_sentence(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
