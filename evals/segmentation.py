@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import nn
 
 from mimbench.data import build_dataset
-from mimbench.data.seg_augment import augment
-from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
+from mimbench.data.seg_augment import augment, rescaled_size
+from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import resolve_device
 from mimbench.errors import ConfigError
 from mimbench.evals.data import fingerprint, student_batch
@@ -128,7 +129,8 @@ def _augmented_batch(dataset, indices, cfg, g: torch.Generator):
 @torch.no_grad()
 def predict(model: Segmenter, images: torch.Tensor, crop: int | None, stride: int | None, classes: int):
     """[B, 3, H, W] -> [B, classes, H, W] logits: whole images, or the average over sliding
-    windows of side `crop` every `stride` pixels (the last window flush with the border)."""
+    windows of side `crop` every `stride` pixels (the last window flush with the border; a
+    window past a border, on a side shorter than `crop`, is zero padded as in training)."""
     if crop is None:
         return model(images)[0]
     b, _, h, w = images.shape
@@ -137,9 +139,19 @@ def predict(model: Segmenter, images: torch.Tensor, crop: int | None, stride: in
     for top in sorted({*range(0, max(h - crop, 0) + 1, stride), max(h - crop, 0)}):
         for left in sorted({*range(0, max(w - crop, 0) + 1, stride), max(w - crop, 0)}):
             window = images[..., top:top + crop, left:left + crop]
-            total[..., top:top + crop, left:left + crop] += model(window)[0]
-            count[..., top:top + crop, left:left + crop] += 1
+            wh, ww = window.shape[-2:]
+            padded = F.pad(window, (0, crop - ww, 0, crop - wh))  # right and bottom
+            total[..., top:top + wh, left:left + ww] += model(padded)[0][..., :wh, :ww]
+            count[..., top:top + wh, left:left + ww] += 1
     return total / count
+
+
+def test_image(image, cfg) -> torch.Tensor:
+    """BEiT's single-scale test view: keep-ratio rescale to `scale` (ADE20K: short side 512),
+    normalised as the student's views, [1, 3, h, w]."""
+    pil = as_pil(image)
+    resized = pil.resize(rescaled_size(pil.size, cfg.scale), Image.BILINEAR)
+    return TF.normalize(TF.to_tensor(resized), STUDENT_MEAN, STUDENT_STD)[None]
 
 
 def segmentation(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
@@ -150,6 +162,8 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     classes = train_set.num_classes
     size = config.student.img_size
     torch.manual_seed(config.run.seed)
+    if cfg.crop is not None and cfg.crop != size:  # BEiT: built at 224, fine-tuned on 512 crops
+        encoder.set_input_size(img_size=(cfg.crop, cfg.crop))  # position embeddings/biases resampled
     set_drop_path(encoder, cfg.drop_path)
     device = resolve_device(config.run.device)
     model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales).to(device)
@@ -176,8 +190,11 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
     for start in range(0, len(val_set), window):
         items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
-        images = student_batch([image for image, _ in items], size)
-        logits = predict(model, images.to(device), cfg.crop, cfg.stride, classes).cpu()  # [b, classes, S, S]
+        if cfg.crop is None:  # whole images at the student's size
+            images = student_batch([image for image, _ in items], size)
+        else:  # one keep-ratio image, windows slide over it
+            images = test_image(items[0][0], cfg)
+        logits = predict(model, images.to(device), cfg.crop, cfg.stride, classes).cpu()  # [b, classes, h, w]
         for (_, label), logit in zip(items, logits):
             label = np.asarray(label)
             logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)
@@ -190,7 +207,9 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),
             "headline": headline(background),
             "feature_blocks": model.blocks, "model": source, "classes": classes,
-            "inference": "whole image" if cfg.crop is None else f"sliding window {cfg.crop}/{cfg.stride}",
+            "inference": "whole image at the student's size" if cfg.crop is None else
+            f"keep-ratio rescale to {tuple(cfg.scale)}, sliding window {cfg.crop}/{cfg.stride}",
+            "encoder_input": cfg.crop or size,
             "train": {"size": len(train_set), "fingerprint": fingerprint(train_set, "seg-train", {})},
             "val": {"size": len(val_set), "fingerprint": fingerprint(val_set, "seg-val", {})},
             "final_train_loss": losses[-1], "seed": config.run.seed,

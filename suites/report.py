@@ -92,9 +92,10 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
                   "|---|---|---|---|---|"]
         for (target, point), values in groups(rows, metric).items():
             m, low, high = mean_ci(values)
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-            lines.append(f"| {target} | {point if point != '{}' else '-'} | {m:.2f} +- {std:.2f} | "
-                         f"{low:.2f}..{high:.2f} | {len(values)} |")
+            spread = f"{m:.2f} +- {np.std(values, ddof=1):.2f}" if len(values) > 1 else f"{m:.2f}"
+            interval = f"{low:.2f}..{high:.2f}" if len(values) > 1 else "-"
+            lines.append(f"| {target} | {point if point != '{}' else '-'} | {spread} | {interval} | "
+                         f"{len(values)} |")
         ranking = ordering(rows, metric)
         lines += ["", ranking, ""] if ranking else [""]
     if suite.expect:

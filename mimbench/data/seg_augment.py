@@ -21,15 +21,20 @@ def coin(g: torch.Generator) -> bool:
     return torch.rand((), generator=g).item() < 0.5
 
 
+def rescaled_size(size: tuple[int, int], scale: tuple[float, float]) -> tuple[int, int]:
+    """(w, h) resized keeping the aspect ratio so the long side fits max(scale) and the short
+    side min(scale) (mmseg's keep_ratio rule)."""
+    w, h = size
+    factor = min(max(scale) / max(w, h), min(scale) / min(w, h))
+    return max(1, round(w * factor)), max(1, round(h * factor))
+
+
 def random_rescale(image: Image.Image, label: np.ndarray, scale: tuple[int, int],
                    ratio_range: tuple[float, float], g: torch.Generator):
     """Scale (long, short) times a ratio in `ratio_range`, then resize keeping the aspect ratio
     so the long side fits the long bound and the short side the short bound."""
     ratio = uniform(g, *ratio_range)
-    long_bound, short_bound = max(scale) * ratio, min(scale) * ratio
-    w, h = image.size
-    factor = min(long_bound / max(w, h), short_bound / min(w, h))
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    size = rescaled_size(image.size, (max(scale) * ratio, min(scale) * ratio))
     resized_label = Image.fromarray(label.astype(np.uint8)).resize(size, Image.NEAREST)
     return image.resize(size, Image.BILINEAR), np.asarray(resized_label, dtype=np.int64)
 
