@@ -31,7 +31,9 @@ class StudentConfig:
     num_heads: int = 4
     drop_path: float = 0.0
     layer_scale: float | None = None  # timm's init_values
-    pos_embed: Literal["learn", "sincos"] = "learn"  # sincos: MAE's fixed 2-D sin-cos, frozen in pre-training
+    # sincos: MAE's fixed 2-D sin-cos, frozen in pre-training (on the world the tiny student
+    # learns twice as much with it: docs/results/search_recipe); learn: timm's learned table
+    pos_embed: Literal["learn", "sincos"] = "sincos"
     extra: dict = field(default_factory=dict)  # more timm kwargs, e.g. use_shared_rel_pos_bias
 
     @property
@@ -219,7 +221,7 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "student": {"model": "beit_base_patch16_224", "img_size": 224, "patch_size": 16,
                     "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1,
-                    "layer_scale": 0.1,
+                    "layer_scale": 0.1, "pos_embed": "learn",
                     "extra": {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
                               "use_shared_rel_pos_bias": True}},
         "mask": {"kind": "block", "num_masked": 75, "min_block": 16, "min_aspect": 0.3},

@@ -42,6 +42,10 @@ class ResampledFeatures(nn.Module):
         self.provider = provider
         self.source_grid = tuple(provider.spec.grid)
         self.spec = dataclasses.replace(provider.spec, grid=tuple(grid))
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # a teacher is always in eval mode
 
     def forward(self, view: Tensor) -> Tensor:
         tokens = self.provider(view)  # [B, h*w, D]

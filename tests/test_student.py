@@ -12,7 +12,7 @@ SPEC = TargetSpec(kind="features", dim=48, grid=(4, 4), input_size=32)
 @pytest.mark.parametrize("config", [
     SMALL,
     StudentConfig(model="beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
-                  num_heads=2, layer_scale=0.1,
+                  num_heads=2, layer_scale=0.1, pos_embed="learn",
                   extra={"use_abs_pos_emb": False, "use_rel_pos_bias": False,
                          "use_shared_rel_pos_bias": True}),
 ])
