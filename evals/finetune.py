@@ -15,7 +15,7 @@ from mimbench.errors import DataError
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
-REFERENCES = {  # PROTOCOLS.md: ImageNet-1k fine-tuning top-1, ViT-B/16
+REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
     "paper": {"mvp_300ep": 84.4, "beit_800ep": 83.2, "tolerance": 0.5, "dataset": "ImageNet-1k"},
 }
 

@@ -15,7 +15,7 @@ from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 from mimbench.evals.lars import LARS
 
 log = logging.getLogger(__name__)
-REFERENCES = {  # PROTOCOLS.md: ViT-B/16, ImageNet-1k
+REFERENCES = {  # docs/protocols.md: ViT-B/16, ImageNet-1k
     "paper": {"mvp_300ep": 75.4, "beit_800ep": 56.7, "tolerance": 1.0, "dataset": "ImageNet-1k"},
 }
 

@@ -22,7 +22,7 @@ from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
 IGNORE = 255
-REFERENCES = {  # PROTOCOLS.md: ADE20K mIoU, ViT-B/16, UperNet, single scale
+REFERENCES = {  # docs/protocols.md: ADE20K mIoU, ViT-B/16, UperNet, single scale
     "paper": {"mvp_300ep": 52.4, "beit_300ep_upernet": 45.7, "tolerance": 1.0, "dataset": "ADE20K"},
 }
 

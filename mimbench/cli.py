@@ -166,7 +166,8 @@ def run(target, preset, config_file, overrides, out, resume):
 @click.argument("evaluation", type=click.Choice(["linear", "knn", "finetune", "segmentation"]))
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True),
               help="A run directory or checkpoint file to evaluate.")
-@click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random init).")
+@click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random "
+              "init); or target:<name>, that target's own frozen features (linear, knn).")
 @click.option("--preset", default="tiny", show_default=True, help="Preset for data and protocol settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where results.json goes (default: the run directory).")
@@ -178,7 +179,8 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
 
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
-    config = cfg.resolve(preset, overrides=tuple(overrides))
+    target = model[len("target:"):] if model and model.startswith("target:") else None
+    config = cfg.resolve(preset, target=target, overrides=tuple(overrides))
     student = checkpoint_path and saved_student(checkpoint_path)
     if student:  # evaluate with the shape the model was trained at
         config = cfg.apply(config, {"student": student})

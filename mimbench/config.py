@@ -99,7 +99,7 @@ class RunConfig:
     teacher_amp: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 200
     log_every: int = 10
-    evals: tuple[str, ...] = ("linear", "finetune", "segmentation")  # run after pre-training
+    evals: tuple[str, ...] = ("linear", "knn", "finetune", "segmentation")  # run after pre-training
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ PRESETS: dict[str, dict] = {
         "optim": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "lr": 1e-3},
         "run": {"checkpoint_every": 3, "log_every": 1},
     },
-    # BEiT's ViT-B/16 pre-training recipe on ImageNet-1k (PROTOCOLS.md), 300 epochs.
+    # BEiT's ViT-B/16 pre-training recipe on ImageNet-1k (docs/protocols.md), 300 epochs.
     "paper": {
         "student": {"model": "beit_base_patch16_224", "img_size": 224, "patch_size": 16,
                     "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1,
@@ -233,7 +233,7 @@ PRESETS: dict[str, dict] = {
                   "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
         "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50},
         "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None}},
-        # MAE's linear probe (PROTOCOLS.md)
+        # MAE's linear probe (docs/protocols.md)
         "linear": {"protocol": "mae", "optimizer": "lars", "pooling": "cls", "block": -1,
                    "batch_size": 16384,
                    "base_lr": 0.1, "epochs": 90, "warmup_epochs": 10, "weight_decay": 0.0},

@@ -19,7 +19,7 @@ def test_preset_target_defaults_yield_to_the_user():
 
 
 def test_paper_preset_is_beits_recipe():
-    """BEiT ViT-B/16 pre-training as PROTOCOLS.md lists it."""
+    """BEiT ViT-B/16 pre-training as docs/protocols.md lists it."""
     c = cfg.resolve("paper", target="clip")
     s, m, o, d = c.student, c.mask, c.optim, c.data
     assert (s.img_size, s.patch_size, s.embed_dim, s.depth, s.num_heads) == (224, 16, 768, 12, 12)

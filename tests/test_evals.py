@@ -74,7 +74,7 @@ def test_layer_decay_scales():
 
 
 def test_paper_preset_evaluations_are_the_published_ones():
-    """PROTOCOLS.md, field by field."""
+    """docs/protocols.md, field by field."""
     c = cfg.resolve("paper", target="clip")
     f, s, lp = c.finetune, c.segmentation, c.linear
     assert (f.epochs, f.batch_size, f.lr, f.layer_decay, f.weight_decay, f.warmup_epochs) == \

@@ -11,7 +11,7 @@ from mimbench.masking import BlockMasking, RandomMasking
 
 
 def beit_reference(rng: random.Random, height=14, width=14, target=75, min_area=16, min_aspect=0.3):
-    """BEiT's MaskingGenerator as PROTOCOLS.md describes it; returns (mask, number of blocks)."""
+    """BEiT's MaskingGenerator as docs/protocols.md describes it; returns (mask, number of blocks)."""
     mask = np.zeros((height, width), dtype=int)
     log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
     count = blocks = 0
