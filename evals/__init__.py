@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mimbench import run_lock
 from mimbench.errors import ConfigError
 
 RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
@@ -23,12 +24,7 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     for a feature target's own frozen features); merge their results into out/results.json
     and return that file's content."""
     from mimbench.engine import RunDir
-    from mimbench.evals.backbone import load_backbone
-    from mimbench.evals.features import TARGET, student_features, target_features
-    from mimbench.evals.finetune import finetune
-    from mimbench.evals.knn import knn_probe
-    from mimbench.evals.linear_probe import linear_probe
-    from mimbench.evals.segmentation import segmentation
+    from mimbench.evals.features import TARGET
 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:
@@ -39,6 +35,20 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
         raise ConfigError(f"'{trained[0]}' trains the network it evaluates; a target's own features "
                           f"can be evaluated by {' and '.join(FROZEN_EVALS)} only.")
     run = RunDir(out)
+    with run_lock.released_after(run.path):
+        run_lock.hold(run.path)  # before any work: a second writer is refused, not raced
+        return _run(names, config, source, run, progress, preset, is_target)
+
+
+def _run(names, config, source: str, run, progress, preset, is_target: bool) -> dict:
+    from mimbench.evals.backbone import load_backbone
+    from mimbench.evals.features import student_features, target_features
+    from mimbench.evals.finetune import finetune
+    from mimbench.evals.knn import knn_probe
+    from mimbench.evals.linear_probe import linear_probe
+    from mimbench.evals.segmentation import segmentation
+
+    out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
     frozen = target_features(config, source) if is_target else None
     for name in names:
@@ -53,6 +63,5 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
         else:
             result = segmentation(encoder, config, description, progress, preset)
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result
-        run.path.mkdir(parents=True, exist_ok=True)
         run.write_results(results)  # each finished evaluation is kept even if a later one fails
     return results

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from mimbench import config as cfg
+from mimbench import checkpoint, config as cfg
 from mimbench.errors import ConfigError
 from mimbench.student import build_encoder, trained_encoder
 
@@ -38,11 +38,14 @@ def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
 
 
 def saved_student(source: str) -> dict | None:
-    """The student section `source` was trained with: a run directory's config.yaml, or the
-    architecture an exported folder's config.json records; None for other sources."""
+    """The student section `source` was trained with: a run directory's config.yaml, a
+    checkpoint file's saved config, or the architecture an exported folder's config.json
+    records; None for other sources."""
     path = Path(source)
     if (path / "config.yaml").exists():
         return cfg.load_yaml(path / "config.yaml")["student"]
+    if path.is_file():
+        return checkpoint.load(path)["config"]["student"]
     if (path / "config.json").exists():
         exported = json.loads((path / "config.json").read_text())
         args = exported["model_args"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,10 +39,13 @@ class Group(click.Group):
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="mimbench")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--quiet", is_flag=True, help="No progress output (results and errors still print).")
+@click.option("--log-every-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="When stderr is not a terminal, a progress line per task this often.")
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, quiet, log_every_s):
     """mimbench: masked image modeling with swappable targets."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet, "log_every_s": log_every_s}
     keep_freed_memory()  # every command's tensors: mimbench/allocator.py
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -76,7 +80,7 @@ def _pretrain(target, preset, config_file, overrides, out, resume):
         run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                        resume=False)
     say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
-    with ProgressBars() as report:
+    with reporter() as report:
         results = pretrain(config, run, report, say)
     return run, config, results
 
@@ -119,6 +123,58 @@ class ProgressBars:
         self.bars.update(task, completed=step, total=total, info="  ".join(filter(None, info)), ips=ips)
 
 
+class PlainLines:
+    """For a log file (SLURM, nohup, CI): one plain line per task every `every_s` seconds, and
+    at its last step: step/total, loss and img/s where reported, elapsed time and ETA."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.started: dict[str, float] = {}
+        self.printed: dict[str, float] = {}
+        self.ips: dict[str, float] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __call__(self, name: str, step: int, total: int, metrics: dict) -> None:
+        now = time.monotonic()
+        start = self.started.setdefault(name, now)
+        if "img_per_s" in metrics:
+            self.ips[name] = metrics["img_per_s"]
+        if step < total and now - self.printed.get(name, start) < self.every_s:
+            return
+        self.printed[name] = now
+        elapsed = now - start
+        eta = elapsed / step * (total - step) if step else float("nan")
+        parts = [f"{name} {step}/{total}",
+                 f"loss {metrics['loss']:.4f}" if "loss" in metrics else "",
+                 f"{self.ips[name]:.0f} img/s" if name in self.ips else "",
+                 f"elapsed {_clock(elapsed)}", f"ETA {_clock(eta)}"]
+        if is_main_process():
+            click.echo("  ".join(filter(None, parts)), err=True)
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no step done yet
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def reporter():
+    """Progress for long work: rich bars on a terminal, plain timed lines otherwise, nothing
+    with --quiet."""
+    settings = click.get_current_context().find_root().obj or {}
+    if settings.get("quiet"):
+        return contextlib.nullcontext(None)
+    if console.is_terminal:
+        return ProgressBars()
+    return PlainLines(settings.get("log_every_s", 30.0))
+
+
 def print_results(run, results: dict) -> None:
     if not is_main_process():
         return
@@ -156,7 +212,7 @@ def run(target, preset, config_file, overrides, out, resume):
 
     run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume)
     if config.run.evals and is_main_process():  # evaluations run in rank 0 only
-        with ProgressBars() as report:
+        with reporter() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
                                 preset)
     print_results(run_dir, results)
@@ -186,7 +242,7 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
         config = cfg.apply(config, {"student": student})
     out = Path(out or (checkpoint_path if checkpoint_path and Path(checkpoint_path).is_dir() else
                        f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"))
-    with ProgressBars() as report:
+    with reporter() as report:
         results = run_evals([evaluation], config, checkpoint_path or model, out, report, preset)
     print_results(RunDir(out), results)
 
@@ -271,7 +327,7 @@ def suite_run(name, out, dry_run, jobs):
 
     folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
-    with ProgressBars() as report:
+    with reporter() as report:
         rows = run_suite(loaded, folder, report, say, jobs)
     path = write_report(loaded, rows, folder)
     say(f"report: [bold]{path}[/]")
@@ -310,7 +366,7 @@ def teachers_build(name, rebuild):
     """Train teacher NAME (clip, dvae, clip-smoke, dvae-smoke) unless cached; print its quality."""
     from mimbench import teachers as registry
 
-    with ProgressBars() as report:
+    with reporter() as report:
         folder, quality = registry.ensure(name, report, rebuild=rebuild)
     table = Table(title=f"teacher {name}: {folder}")
     table.add_column("figure")

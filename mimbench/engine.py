@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mimbench import checkpoint, config as cfg, distributed, teachers
+from mimbench import checkpoint, config as cfg, distributed, run_lock, teachers
 from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
@@ -105,8 +105,9 @@ class RunDir:
         self.results = self.path / "results.json"
 
     def begin(self, config: Config) -> None:
-        """Create the folder and write config.yaml, unless a run started here already."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Take the folder for this process (mimbench.run_lock), creating it, and write
+        config.yaml unless a run started here already."""
+        run_lock.hold(self.path)
         if not self.config.exists():
             self.config.write_text(cfg.dump_yaml(config))
 
@@ -159,7 +160,14 @@ def accumulation_steps(config: Config, world: distributed.World, saved: dict | N
 def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
              notify: Callable[[str], None] | None = None) -> dict:
     """Pre-train (or continue) the run in `run`; returns the results written to results.json.
-    Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes."""
+    Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes,
+    holding the run directory (mimbench.run_lock) from its first write to the end."""
+    with run_lock.released_after(run.path):
+        return _pretrain(config, run, progress, notify)
+
+
+def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
+              notify: Callable[[str], None] | None) -> dict:
     keep_freed_memory()
     world, device = distributed.init(config.run.device)
     provider = build_target_for(config, progress if world.is_main else None)

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from mimbench import checkpoint, config as cfg
+from mimbench import checkpoint, config as cfg, run_lock
 from mimbench.data import build_dataset
 from mimbench.distributed import resolve_device
 from mimbench.engine import RunDir, schedule
@@ -20,6 +20,11 @@ from mimbench.student import build_encoder, student_weights
 def train_supervised(config: cfg.Config, run: RunDir, progress=None) -> dict:
     """Train from random init with the fine-tuning recipe, minus layer decay (nothing is
     pre-trained to protect); writes run/checkpoint.pt and results.json's 'pretrain'."""
+    with run_lock.released_after(run.path):
+        return _train_supervised(config, run, progress)
+
+
+def _train_supervised(config: cfg.Config, run: RunDir, progress) -> dict:
     started = time.perf_counter()
     images = build_dataset(config.data.name, **config.data.options)  # (image, label) pairs
     plan = schedule(config, len(images))

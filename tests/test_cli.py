@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -33,9 +34,11 @@ def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     assert results["pretrain"]["final_loss"] == pytest.approx(rows[-1]["loss"])
     assert results["target"]["grid"] == [4, 4]
     evals = results["evals"]
-    assert set(evals) == {"linear_probe", "finetune", "segmentation"}
-    assert 0 <= evals["linear_probe"]["top1"] <= 100 and 0 <= evals["finetune"]["top1"] <= 100
-    assert len(evals["segmentation"]["per_class_iou"]) == 9 and "aAcc" in evals["segmentation"]
+    assert set(evals) == {"linear_probe", "knn", "finetune", "segmentation"}
+    assert evals["knn"]["card"]["features"] == evals["linear_probe"]["card"]["features"]  # one extraction
+    seg = evals["segmentation"]
+    assert len(seg["per_class_iou"]) == 9 and seg["card"]["headline"] == "mIoU_objects"
+    assert seg["mIoU_objects"] == pytest.approx(np.nanmean(seg["per_class_iou"][1:]))
     assert all("card" in e for e in evals.values())
     assert (out / "checkpoint.pt").exists()
     assert "final loss" in result.stdout and "segmentation.mIoU" in result.stdout  # the table
@@ -169,3 +172,71 @@ def test_eval_a_targets_own_features(cli, tmp_path):
                    "'finetune' trains the network")
     _fails_cleanly(cli("eval", "linear", "--model", "target:dvae", "--preset", "smoke", "--out", out),
                    "token ids")
+
+
+def test_progress_is_plain_lines_in_a_log_and_quiet_removes_it(cli, tmp_path):
+    """stderr redirected (a SLURM log, nohup): timed plain lines, the last step always."""
+    result = cli("--log-every-s", "0", "pretrain", "--preset", "smoke", "--target", "pixels",
+                 "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pre-training ")]
+    assert [line.split()[1] for line in lines] == [f"{i}/6" for i in range(1, 7)]
+    assert "loss " in lines[-1] and "img/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
+    assert "━" not in result.stderr  # no bar drawn into a file
+    slow = cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", tmp_path / "b")
+    assert [line.split()[1] for line in slow.stderr.splitlines()
+            if line.startswith("pre-training ")] == ["6/6"]  # default: every 30 s, and the end
+    quiet = cli("--quiet", "pretrain", "--preset", "smoke", "--target", "pixels", "--out", tmp_path / "c")
+    assert quiet.returncode == 0 and "pre-training" not in quiet.stderr
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    """Two real processes on one --out: one trains, the other is refused naming the holder;
+    a SIGKILLed holder does not block the next run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "mimbench", "pretrain", "--preset", "smoke", "--target", "pixels",
+            "--out", str(out), "--set", "optim.steps=100000", "--set", "run.checkpoint_every=5"]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (out / "checkpoint.pt").exists(), "the first run never started training"
+    second = subprocess.run([*args[:-4], "--out", str(tmp_path / "other")], capture_output=True, text=True)
+    assert second.returncode == 0  # another folder: no conflict
+    resumed = subprocess.run([sys.executable, "-m", "mimbench", "pretrain", "--resume", str(out)],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2
+    assert f"is being written by process {first.pid}" in resumed.stderr.strip().splitlines()[-1]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    again = subprocess.Popen([sys.executable, "-m", "mimbench", "pretrain", "--resume", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    deadline = time.time() + 120
+    while time.time() < deadline and again.poll() is None:
+        try:
+            if torch.load(out / "checkpoint.pt", weights_only=True)["step"] > step:
+                break  # the resumed run took the folder and trains on
+        except Exception:  # being replaced right now
+            pass
+        time.sleep(0.2)
+    assert again.poll() is None, again.stderr.read()
+    again.kill()
+    again.wait()
+
+
+def test_eval_of_a_checkpoint_file_uses_its_saved_student_shape(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", run,
+               "--set", "student.embed_dim=48", "--set", "student.depth=3").returncode == 0
+    result = cli("eval", "knn", "--checkpoint", run / "checkpoint.pt", "--preset", "smoke",
+                 "--out", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    card = json.loads((tmp_path / "eval" / "results.json").read_text())["evals"]["knn"]["card"]
+    assert card["features"] == "avg-pooled block 2"  # the saved depth 3, not smoke's 2
