@@ -14,7 +14,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # what the core 
 class TargetSpec:
     kind: Literal["features", "tokens"]  # regress vectors, or classify ids
     dim: int  # feature size, or vocabulary size
-    grid: tuple[int, int]  # must equal the student's patch grid
+    grid: tuple[int, int]  # features: mapped onto the student's patch grid; tokens: must equal it
     input_size: int  # side of the teacher view, pixels
     interpolation: str = "bicubic"  # how the core resizes the crop for the teacher view
     loss: str = "cosine"  # default loss; "ce" for tokens
