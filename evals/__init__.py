@@ -17,6 +17,7 @@ RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
 
 
 FROZEN_EVALS = ("linear", "knn")  # the protocols that read frozen features only
+TARGET = "target:"  # a source naming a target: its own frozen features are evaluated
 
 
 def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
@@ -24,7 +25,6 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     for a feature target's own frozen features); merge their results into out/results.json
     and return that file's content."""
     from mimbench.engine import RunDir
-    from mimbench.evals.features import TARGET
 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:

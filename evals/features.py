@@ -36,21 +36,18 @@ class FrozenModel:
 def student_features(encoder, config, source: str) -> FrozenModel:
     """The student's view of an image (config.student.img_size, normalised) -> the probe's
     block (config.linear.block), its patch tokens average-pooled or its cls token."""
-    cfg = config.linear
-    block = block_index(cfg.block, len(encoder.blocks), "the student")
+    probe = config.linear
+    block = block_index(probe.block, len(encoder.blocks), "the student")
     size = config.student.img_size
     device = resolve_device(config.run.device)
     encoder.eval().to(device)
 
     def embed(images):
         batch = student_batch(images, size).to(device)
-        return pooled_features(encoder, batch, block, cfg.pooling).cpu()
+        return pooled_features(encoder, batch, block, probe.pooling).cpu()
 
-    return FrozenModel(embed, f"{source}|{block}|{cfg.pooling}|{size}", source,
-                       f"{cfg.pooling}-pooled block {block}")
-
-
-TARGET = "target:"  # a source naming a target: its own frozen features are evaluated
+    return FrozenModel(embed, f"{source}|{block}|{probe.pooling}|{size}", source,
+                       f"{probe.pooling}-pooled block {block}")
 
 
 def target_features(config, source: str) -> FrozenModel:

@@ -230,12 +230,12 @@ def run(target, preset, config_file, overrides, out, resume):
 def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     """Evaluate a checkpoint or a timm model with one protocol; writes results.json."""
     from mimbench.engine import RunDir
-    from mimbench.evals import run_evals
+    from mimbench.evals import TARGET, run_evals
     from mimbench.evals.backbone import saved_student
 
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
-    target = model[len("target:"):] if model and model.startswith("target:") else None
+    target = model.removeprefix(TARGET) if model and model.startswith(TARGET) else None
     config = cfg.resolve(preset, target=target, overrides=tuple(overrides))
     student = checkpoint_path and saved_student(checkpoint_path)
     if student:  # evaluate with the shape the model was trained at

@@ -12,7 +12,7 @@ import yaml
 
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
-from mimbench.evals import FROZEN_EVALS
+from mimbench.evals import FROZEN_EVALS, TARGET
 from mimbench.registry import did_you_mean
 
 SHIPPED = Path(__file__).parent
@@ -57,7 +57,7 @@ class RunSpec:
         if self.target == RANDOM_INIT:
             return "timm:random"
         if self.target == TEACHER:
-            return f"target:{self.config.target.name}"
+            return TARGET + self.config.target.name
         return None
 
 
