@@ -17,12 +17,12 @@ RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
 
 
 FROZEN_EVALS = ("linear", "knn")  # the protocols that read frozen features only
-TARGET = "target:"  # a source naming a target: its own frozen features are evaluated
+TARGET = "target:"  # a source naming a target: its own network is evaluated (evals.tower)
 
 
 def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
     """Run evaluations `names` on `source` (run dir, checkpoint, timm:<name>, or target:<name>
-    for a feature target's own frozen features); merge their results into out/results.json
+    for a feature target's own network: frozen in the probes, trained by the others); merge their results into out/results.json
     and return that file's content."""
     from mimbench.engine import RunDir
 
@@ -30,10 +30,6 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     if unknown:
         raise ConfigError(f"unknown evaluation '{unknown[0]}'; available: {', '.join(RESULT_NAMES)}.")
     is_target = source.startswith(TARGET)
-    trained = [n for n in names if n not in FROZEN_EVALS]
-    if is_target and trained:
-        raise ConfigError(f"'{trained[0]}' trains the network it evaluates; a target's own features "
-                          f"can be evaluated by {' and '.join(FROZEN_EVALS)} only.")
     run = RunDir(out)
     with run_lock.released_after(run.path):
         run_lock.hold(run.path)  # before any work: a second writer is refused, not raced
@@ -47,13 +43,14 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
     from mimbench.evals.knn import knn_probe
     from mimbench.evals.linear_probe import linear_probe
     from mimbench.evals.segmentation import segmentation
+    from mimbench.evals.tower import target_tower
 
     out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
-    frozen = target_features(config, source) if is_target else None
+    frozen = target_features(config, source) if is_target and set(names) & set(FROZEN_EVALS) else None
     for name in names:
-        if not is_target:
-            encoder, description = load_backbone(source, config)  # fresh: fine-tuning changes it
+        if name not in FROZEN_EVALS or not is_target:  # fresh: fine-tuning changes it
+            encoder, description = target_tower(config) if is_target else load_backbone(source, config)
         if name in FROZEN_EVALS:
             probe = linear_probe if name == "linear" else knn_probe
             model = frozen if is_target else student_features(encoder, config, description)

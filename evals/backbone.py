@@ -55,6 +55,12 @@ def saved_student(source: str) -> dict | None:
     return None
 
 
+def input_size(encoder: nn.Module, config: cfg.Config) -> int:
+    """The side of the images `encoder` is evaluated on: a student's img_size, or the input size
+    a target's own network (evals.tower) had in pre-training."""
+    return getattr(encoder, "input_size", None) or config.student.img_size
+
+
 def pooled_features(encoder: nn.Module, images: torch.Tensor, block: int, pooling: str) -> torch.Tensor:
     """[B, 3, S, S] -> [B, D]: block `block`'s patch tokens averaged, or its cls token."""
     patches, prefix = encoder.forward_intermediates(

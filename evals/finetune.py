@@ -12,6 +12,7 @@ from torch import nn
 
 from mimbench.distributed import resolve_device
 from mimbench.errors import DataError
+from mimbench.evals.backbone import input_size
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
@@ -84,7 +85,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     started = time.perf_counter()
     cfg = config.finetune
     train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
-    size = config.student.img_size
+    size = input_size(encoder, config)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)

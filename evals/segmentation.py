@@ -17,6 +17,7 @@ from mimbench.data.seg_augment import augment, rescaled_size
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import resolve_device
 from mimbench.errors import ConfigError
+from mimbench.evals.backbone import input_size
 from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
@@ -40,12 +41,13 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 class UperHead(nn.Module):
     """Pyramid pooling on the coarsest level + a feature pyramid network, fused at the finest."""
 
-    def __init__(self, cin: int, channels: int, classes: int, pool_scales=(1, 2, 3, 6)):
+    def __init__(self, cins: list[int], channels: int, classes: int, pool_scales=(1, 2, 3, 6)):
+        """cins: the channels of the four levels, finest first."""
         super().__init__()
         self.pool_scales = pool_scales
-        self.ppm = nn.ModuleList(conv_bn_relu(cin, channels, 1) for _ in pool_scales)
-        self.bottleneck = conv_bn_relu(cin + len(pool_scales) * channels, channels)
-        self.lateral = nn.ModuleList(conv_bn_relu(cin, channels, 1) for _ in range(3))
+        self.ppm = nn.ModuleList(conv_bn_relu(cins[3], channels, 1) for _ in pool_scales)
+        self.bottleneck = conv_bn_relu(cins[3] + len(pool_scales) * channels, channels)
+        self.lateral = nn.ModuleList(conv_bn_relu(cin, channels, 1) for cin in cins[:3])
         self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in range(3))
         self.fuse = conv_bn_relu(4 * channels, channels)
         self.classifier = nn.Conv2d(channels, classes, 1)
@@ -65,29 +67,58 @@ class UperHead(nn.Module):
         return self.classifier(self.fuse(torch.cat(outs, 1)))
 
 
-class Segmenter(nn.Module):
-    """Backbone blocks -> (4x up, 2x up, identity, 2x down) -> UperNet; an FCN aux head on level 3."""
+class ViTPyramid(nn.Module):
+    """A ViT's four evenly spaced blocks -> (4x up, 2x up, identity, 2x down), as BEiT builds it."""
 
-    def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales):
+    def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.blocks = feature_blocks(len(encoder.blocks))
         d = encoder.embed_dim
-        self.pyramid = nn.ModuleList([
+        self.necks = nn.ModuleList([
             nn.Sequential(nn.ConvTranspose2d(d, d, 2, 2), nn.BatchNorm2d(d), nn.GELU(),
                           nn.ConvTranspose2d(d, d, 2, 2)),
             nn.ConvTranspose2d(d, d, 2, 2),
             nn.Identity(),
             nn.MaxPool2d(2),
         ])
-        self.head = UperHead(d, channels, classes, pool_scales)
-        self.aux = nn.Sequential(conv_bn_relu(d, channels), nn.Conv2d(channels, classes, 1))
+        self.channels = [d] * 4
+        self.described = f"blocks {self.blocks}"
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         unique = sorted(set(self.blocks))  # shallow students repeat blocks
         outs = self.encoder.forward_intermediates(images, indices=unique, intermediates_only=True)
         maps = [outs[unique.index(b)] for b in self.blocks]  # each [B, D, h, w]
-        levels = [up(x) for up, x in zip(self.pyramid, maps)]  # each [B, D, h_i, w_i]
+        return [neck(x) for neck, x in zip(self.necks, maps)]  # each [B, D, h_i, w_i]
+
+
+class StagePyramid(nn.Module):
+    """A convolutional tower's four stages (evals.tower), a pyramid as they are."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.necks = nn.ModuleList()  # nothing to resample
+        self.channels = list(encoder.stage_channels)
+        self.described = "stages 1-4"
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder.stages(images)  # each [B, C_i, h_i, w_i]
+
+
+class Segmenter(nn.Module):
+    """Backbone -> a 4-level pyramid -> UperNet; an FCN aux head on level 3."""
+
+    def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales):
+        super().__init__()
+        self.pyramid = StagePyramid(encoder) if hasattr(encoder, "stages") else ViTPyramid(encoder)
+        self.encoder = encoder
+        cins = self.pyramid.channels
+        self.head = UperHead(cins, channels, classes, pool_scales)
+        self.aux = nn.Sequential(conv_bn_relu(cins[2], channels), nn.Conv2d(channels, classes, 1))
+
+    def forward(self, images: torch.Tensor):
+        levels = self.pyramid(images)
         size = images.shape[-2:]
         logits = F.interpolate(self.head(levels), size, mode="bilinear", align_corners=False)
         aux = F.interpolate(self.aux(levels[2]), size, mode="bilinear", align_corners=False)
@@ -160,14 +191,14 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     cfg = config.segmentation
     train_set, val_set = segmentation_data(config, "train"), segmentation_data(config, "val")
     classes = train_set.num_classes
-    size = config.student.img_size
+    size = input_size(encoder, config)
     torch.manual_seed(config.run.seed)
     if cfg.crop is not None and cfg.crop != size:  # BEiT: built at 224, fine-tuned on 512 crops
         encoder.set_input_size(img_size=(cfg.crop, cfg.crop))  # position embeddings/biases resampled
     set_drop_path(encoder, cfg.drop_path)
     device = resolve_device(config.run.device)
     model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales).to(device)
-    groups = param_groups(model.encoder, nn.ModuleList([model.pyramid, model.head, model.aux]),
+    groups = param_groups(model.encoder, nn.ModuleList([model.pyramid.necks, model.head, model.aux]),
                           cfg.weight_decay, cfg.layer_decay)
     g = torch.Generator().manual_seed(config.run.seed)
 
@@ -206,7 +237,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     metrics = segmentation_metrics(preds, labels, classes, IGNORE, background)
     card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),
             "headline": headline(background),
-            "feature_blocks": model.blocks, "model": source, "classes": classes,
+            "features": model.pyramid.described, "model": source, "classes": classes,
             "inference": "whole image at the student's size" if cfg.crop is None else
             f"keep-ratio rescale to {tuple(cfg.scale)}, sliding window {cfg.crop}/{cfg.stride}",
             "encoder_input": cfg.crop or size,

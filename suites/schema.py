@@ -12,13 +12,13 @@ import yaml
 
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
-from mimbench.evals import FROZEN_EVALS, TARGET
+from mimbench.evals import TARGET
 from mimbench.registry import did_you_mean
 
 SHIPPED = Path(__file__).parent
 RANDOM_INIT = "random"  # the floor: the student's architecture, no pre-training
 SUPERVISED = "supervised"  # that architecture trained with labels, same budget
-TEACHER = "teacher"  # the reference: the suite's teacher target's own frozen features
+TEACHER = "teacher"  # the reference: the suite's teacher target's own network (frozen in probes)
 BASELINES = (RANDOM_INIT, SUPERVISED, TEACHER)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
         "expect", "teacher"}
@@ -91,10 +91,9 @@ class Suite:
                 for seed in self.seeds:
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
                                    SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
-                    evals = [e for e in self.evals if target != TEACHER or e in FROZEN_EVALS]
                     config = cfg.resolve(self.preset, target=base_target)
                     config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
-                                                       "run.evals": evals}))
+                                                       "run.evals": self.evals}))
                     cfg.check_options(config)
                     label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))

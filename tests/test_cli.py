@@ -160,16 +160,16 @@ def test_bench_prints_the_step_against_the_bare_reference(cli):
 
 
 def test_eval_a_targets_own_features(cli, tmp_path):
-    """`eval knn --model target:clip`: the teacher's frozen features, probed; a protocol that
-    would train the teacher is refused in one sentence."""
+    """`eval knn --model target:clip`: the teacher's frozen features, probed; fine-tuning a
+    target without a network to train is refused in one sentence."""
     out = tmp_path / "teacher"
     result = cli("eval", "knn", "--model", "target:clip", "--preset", "smoke", "--out", out)
     assert result.returncode == 0, result.stderr
     knn = json.loads((out / "results.json").read_text())["evals"]["knn"]
     assert knn["card"]["model"] == "target:clip" and "features average-pooled" in knn["card"]["features"]
     assert knn["card"]["k"] == 20 and knn["card"]["train"]["size"] == 256
-    _fails_cleanly(cli("eval", "finetune", "--model", "target:clip", "--preset", "smoke", "--out", out),
-                   "'finetune' trains the network")
+    _fails_cleanly(cli("eval", "finetune", "--model", "target:pixels", "--preset", "smoke", "--out", out),
+                   "needs a CLIP ResNet tower")
     _fails_cleanly(cli("eval", "linear", "--model", "target:dvae", "--preset", "smoke", "--out", out),
                    "token ids")
 

@@ -1,0 +1,39 @@
+"""A target's own network as the trained evaluations' reference backbone (evals.tower)."""
+
+import torch
+
+from mimbench import config as cfg
+from mimbench.data.views import resize_all, uint8_tensor
+from mimbench.engine import build_target_for
+from mimbench.evals.data import eval_dataset, student_batch
+from mimbench.evals.segmentation import segmentation
+from mimbench.evals.tower import target_tower
+
+
+def test_tower_stage_2_is_the_clip_targets_feature():
+    """Fed images normalised as the student's, the tower's stage 2 is what the clip target
+    (layer 2, its own normalisation) regresses: the conversion and the stage order are right."""
+    config = cfg.resolve("smoke", target="clip")
+    provider = build_target_for(config)
+    tower, description = target_tower(config)
+    tower.eval()
+    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(6))]
+    size = provider.spec.input_size
+    with torch.no_grad():
+        stage2 = tower.stages(student_batch(images, size))[1]  # [6, C, h, w]
+    views = resize_all([uint8_tensor(im) for im in images], size, "bicubic")  # [6, S, S, 3]
+    views = views.permute(0, 3, 1, 2).float() / 255
+    expected = provider(views)  # [6, h*w, C]
+    assert torch.allclose(stage2.flatten(2).transpose(1, 2), expected, atol=1e-4)
+    assert tower.input_size == size and "own network" in description
+
+
+def test_segmentation_trains_the_towers_stages():
+    config = cfg.resolve("smoke", target="clip")
+    tower, _ = target_tower(config)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    result = segmentation(tower, config, "target:clip")
+    assert result["card"]["features"] == "stages 1-4"
+    assert result["card"]["encoder_input"] == tower.input_size
+    changed = {k.split(".")[1] for k, v in tower.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"0", "1", "2", "3", "4"}  # stem and every stage trained
