@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -223,7 +224,8 @@ def run(target, preset, config_file, overrides, out, resume):
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True),
               help="A run directory or checkpoint file to evaluate.")
 @click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random "
-              "init); or target:<name>, that target's own frozen features (linear, knn).")
+              "init); or target:<name>, that target's own network (frozen in the probes; "
+              "fine-tuning and segmentation train a copy of a CLIP ResNet tower).")
 @click.option("--preset", default="tiny", show_default=True, help="Preset for data and protocol settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where results.json goes (default: the run directory).")
@@ -385,31 +387,28 @@ def targets():
 @targets.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def targets_list(as_json):
-    """Every registered target: source, and kind, size and input of its default build."""
+    """Every registered target: source, kind and options, read from the registry and the
+    factory's signature; nothing is built or downloaded."""
     from mimbench.targets import TARGETS
 
     rows = []
     for entry in TARGETS.entries():
         doc = (entry.factory.__doc__ or "").strip().splitlines()
-        row = {"name": entry.name, "source": entry.source, "description": doc[0] if doc else ""}
-        try:  # the default build; hub weights fail fast offline and are reported as such
-            spec = entry.factory().spec
-            row |= {"kind": spec.kind, "dim": spec.dim, "input_size": spec.input_size,
-                    "grid": list(spec.grid), "loss": spec.loss}
-        except MimbenchError as e:
-            row["unavailable"] = str(e)
-        rows.append(row)
+        options = {name: (None if p.default is inspect.Parameter.empty else p.default)
+                   for name, p in inspect.signature(entry.factory).parameters.items()
+                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        rows.append({"name": entry.name, "source": entry.source, "kind": getattr(entry.factory, "kind", None),
+                     "options": options, "description": doc[0] if doc else ""})
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, default=repr))
         return
-    table = Table(title="targets (default options)")
-    for column in ("name", "source", "kind", "dim / vocab", "input", "description"):
+    table = Table(title="targets (--set target.OPTION=VALUE; a feature target on another grid "
+                        "than the student's is resampled to it)")
+    for column in ("name", "source", "kind", "options (defaults)", "description"):
         table.add_column(column)
     for row in rows:
-        shape = ("-", "-", "-") if "kind" not in row else \
-            (row["kind"], str(row["dim"]), f"{row['input_size']} px")
-        table.add_row(row["name"], row["source"], *shape,
-                      row["description"] if "kind" in row else "needs weights not on this machine")
+        options = ", ".join(f"{k}={v!r}" for k, v in row["options"].items())
+        table.add_row(row["name"], row["source"], row["kind"] or "-", options, row["description"])
     Console().print(table)
 
 

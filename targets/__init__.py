@@ -10,11 +10,20 @@ from mimbench.targets.base import TargetProvider, TargetSpec
 TARGETS = Registry("target", group="mimbench.targets")
 
 
-def register_target(name: str):
-    """Decorator: make a TargetProvider class (or a factory returning one) available as `name`."""
+def register_target(name: str, kind: str | None = None):
+    """Decorator: make a TargetProvider class (or a factory returning one) available as `name`.
+    `kind` ('features' or 'tokens') is set as the factory's `kind` attribute, which `mimbench
+    targets list` shows without building anything (an entry-point plugin sets it itself)."""
     module = sys._getframe(1).f_globals.get("__name__", "__main__")
     source = "built-in" if module.startswith("mimbench.targets.") else f"module '{module}'"
-    return TARGETS.register(name, source=source)
+    register = TARGETS.register(name, source=source)
+
+    def decorate(factory):
+        if kind is not None:
+            factory.kind = kind
+        return register(factory)
+
+    return decorate
 
 
 def build_target(name: str, **options) -> TargetProvider:

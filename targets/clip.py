@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-@register_target("clip")
+@register_target("clip", kind="features")
 def clip_target(model: str = "ViT-B-16", weights: str | None = "openai", layer: int = -1,
                 project: bool = False, normalize: str = "none", quick_gelu: bool | None = None,
                 input_size: int | None = None, loss: str = "cosine") -> FrozenFeatures:

@@ -55,7 +55,7 @@ def _official_encoder() -> str:
     return str(path)
 
 
-@register_target("dvae")
+@register_target("dvae", kind="tokens")
 class DVAETarget(nn.Module):
     """DALL-E d-VAE token ids (BEiT).
 

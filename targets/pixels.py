@@ -16,7 +16,7 @@ def patchify(images: Tensor, patch: int) -> Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-@register_target("pixels")
+@register_target("pixels", kind="features")
 class PixelTarget:
     """Raw pixels of each patch (MAE, SimMIM).
 

@@ -11,7 +11,7 @@ from mimbench.targets.frozen import FrozenFeatures, block_index
 from mimbench.weights import local_file, mismatch, require_network
 
 
-@register_target("timm")
+@register_target("timm", kind="features")
 def timm_target(model: str = "vit_base_patch16_224.dino", weights: str | None = None,
                 layer: int = -1, normalize: str = "none", input_size: int | None = None,
                 loss: str = "cosine") -> FrozenFeatures:

@@ -12,6 +12,8 @@ class HOGTarget:
     """Per patch, gradient orientations of the grey image in `bins` unsigned bins, weighted by
     gradient magnitude, for each of 2x2 cells; L2-normalised per patch."""
 
+    kind = "features"  # what `mimbench targets list` shows without building the target
+
     def __init__(self, img_size: int = 224, patch_size: int = 16, bins: int = 9):
         if patch_size % 2:
             raise ValueError("patch_size must be even (2x2 cells per patch)")
