@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -24,13 +26,38 @@ def map_pixels(x: Tensor, eps: float = LOGIT_LAPLACE_EPS) -> Tensor:
     return (1 - 2 * eps) * x + eps
 
 
+ARCHITECTURE = ("n_hid", "n_blk_per_group", "input_channels", "vocab_size")  # dall_e.Encoder's shape
+
+
+def save_encoder(encoder: nn.Module, path: Path) -> None:
+    """A dall_e Encoder as a safetensors state dict, its shape in the file's metadata (one JSON
+    entry: safetensors orders several metadata keys differently from process to process)."""
+    from safetensors.torch import save_file
+
+    shape = json.dumps({name: getattr(encoder, name) for name in ARCHITECTURE}, sort_keys=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path),
+              metadata={"dall_e.Encoder": shape})
+
+
 def load_encoder(path) -> nn.Module:
-    """Unpickle a whole dall_e Encoder module, as `dall_e.load_model` does.
+    """A dall_e Encoder from a file: a safetensors state dict written by `save_encoder` (the
+    in-project teachers; nothing is unpickled), or a whole pickled module as OpenAI's
+    encoder.pkl (pickles can run code: only the official file or a path the user named)."""
+    import dall_e
 
-    Full pickles can run code: this is only called on the official file or a path the user named.
-    """
-    import dall_e  # noqa: F401  (the pickle refers to its classes)
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
 
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shape = json.loads((f.metadata() or {})["dall_e.Encoder"])
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            encoder = dall_e.Encoder(**{name: shape[name] for name in ARCHITECTURE})
+            encoder.load_state_dict(state)
+        except Exception as e:
+            raise WeightsUnavailableError(f"'{path}' is not a d-VAE encoder saved by mimbench "
+                                          f"({e}); rebuild it with mimbench teachers build.") from None
+        return encoder
     warnings.warn(f"loading the pickled d-VAE encoder '{path}' with weights_only=False: only do "
                   f"this for the official file or one you made yourself.", stacklevel=2)
     try:
@@ -61,7 +88,8 @@ class DVAETarget(nn.Module):
 
     argmax(encoder(map_pixels(view))) of a dall_e Encoder, one token per 8x8 pixels.
 
-    weights: 'official' (downloads OpenAI's encoder.pkl once) or a local pickled Encoder.
+    weights: 'official' (downloads OpenAI's encoder.pkl once), a local pickled Encoder, or an
+        encoder.safetensors written by mimbench (the in-project teachers).
     input_size: side of the teacher view; by default 8x the student's grid (112 for 14x14).
     """
 

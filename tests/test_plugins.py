@@ -128,7 +128,7 @@ def test_example_plugin_lists_and_runs(installed_plugin, tmp_path):
     listed = run_cli("targets", "list", "--json", env={**installed_plugin, "MIMBENCH_OFFLINE": "1"})
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["hog"]["source"] == "package 'mimbench-hog'"
-    assert (rows["hog"]["kind"], rows["hog"]["dim"]) == ("features", 36)
+    assert (rows["hog"]["kind"], rows["hog"]["options"]["bins"]) == ("features", 9)
     out = tmp_path / "run"
     result = run_cli("run", "--target", "hog", "--preset", "smoke", "--out", out, env=installed_plugin)
     assert result.returncode == 0, result.stderr

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mimbench import teachers
 
@@ -21,7 +22,7 @@ def test_smoke_teachers_build_once_and_are_reused():
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_damaged_teacher_is_rebuilt(damage):
     folder, report = teachers.ensure("dvae-smoke")
-    weights = folder / "encoder.pkl"
+    weights = folder / "encoder.safetensors"
     if damage == "delete":
         weights.unlink()
     else:
@@ -29,6 +30,45 @@ def test_damaged_teacher_is_rebuilt(damage):
     rebuilt, new_report = teachers.ensure("dvae-smoke")
     assert rebuilt == folder and teachers.sha256(weights) == new_report["sha256"]
     assert new_report["sha256"] == report["sha256"]  # same config, same seed: the same teacher
+
+
+def test_tiny_dvae_loads_without_unpickling(monkeypatch):
+    """The in-project d-VAE is a state dict: the target rebuilds dall_e.Encoder and loads it,
+    with no full unpickling (torch.load is not called at all) and no warning; its tokens are
+    those of the encoder the build trained."""
+    import warnings
+
+    import dall_e
+    from safetensors.torch import load_file
+
+    from mimbench.targets import build_target
+
+    folder, _ = teachers.ensure("dvae-smoke")
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        options = teachers.resolve_references({"weights": "teacher:dvae-smoke"})
+        target = build_target("dvae", grid=(2, 2), **options)
+    shape = teachers.get("dvae-smoke").config
+    by_hand = dall_e.Encoder(n_hid=shape.n_hid, n_blk_per_group=shape.n_blk_per_group,
+                             vocab_size=shape.vocab_size)
+    by_hand.load_state_dict(load_file(folder / "encoder.safetensors"))
+    x = torch.rand(3, 3, 16, 16)
+    expected = by_hand.eval()(0.8 * x + 0.1).argmax(1).flatten(1)  # DALL-E's map_pixels
+    assert torch.equal(target(x), expected)
+
+
+def test_old_pickled_cache_is_rebuilt():
+    """A cache folder from before the safetensors format (encoder.pkl only) is rebuilt."""
+    folder, report = teachers.ensure("dvae-smoke")
+    (folder / "encoder.safetensors").rename(folder / "encoder.pkl")
+    rebuilt, new_report = teachers.ensure("dvae-smoke")
+    assert rebuilt == folder and (folder / "encoder.safetensors").exists()
+    assert new_report["sha256"] == report["sha256"]
 
 
 def test_config_change_gives_a_new_cache_entry():

@@ -88,7 +88,8 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
         if not rebuild and _intact(folder, teacher):
             return folder, json.loads((folder / "report.json").read_text())
         if folder.exists():
-            log.warning("teacher cache %s is incomplete or damaged; rebuilding it", folder)
+            log.warning("teacher cache %s is incomplete, damaged or in an older format; "
+                        "rebuilding it", folder)
             shutil.rmtree(folder)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
         try:

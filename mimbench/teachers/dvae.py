@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from mimbench.data.world import World
-from mimbench.targets.dvae import map_pixels
+from mimbench.targets.dvae import map_pixels, save_encoder
 from mimbench.teachers import Teacher
+
+
+WEIGHTS = "encoder.safetensors"
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,8 @@ def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
     encoder.requires_grad_(False).eval()
     decoder.requires_grad_(False).eval()
     report = evaluate(encoder, decoder, config)
-    torch.save(encoder, folder / "encoder.pkl")  # the whole module, as OpenAI's encoder.pkl
-    torch.save(decoder, folder / "decoder.pkl")
+    save_encoder(encoder, folder / WEIGHTS)  # a state dict: loading it unpickles nothing
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(folder / "decoder.safetensors"))
     return report
 
 
@@ -111,12 +115,12 @@ def evaluate(encoder, decoder, config: DVAETeacherConfig) -> dict:
 
 
 def reference(folder: Path) -> dict:
-    return {"weights": str(folder / "encoder.pkl")}
+    return {"weights": str(folder / WEIGHTS)}
 
 
 TEACHERS = [
-    Teacher("dvae", build, "encoder.pkl", reference, DVAETeacherConfig()),
-    Teacher("dvae-smoke", build, "encoder.pkl", reference,
+    Teacher("dvae", build, WEIGHTS, reference, DVAETeacherConfig()),
+    Teacher("dvae-smoke", build, WEIGHTS, reference,
             DVAETeacherConfig(image_size=32, images=128, crop=16, steps=3, batch_size=8,
                               eval_images=32)),
 ]
