@@ -348,9 +348,9 @@ def print_estimate(loaded, runs) -> None:
                       f"{row['images']:,}", f"{row['flops'] / 1e12:,.1f}")
     Console().print(table)
     click.echo(f"total: {figures['total_flops'] / 1e15:,.2f} PFLOPs ({figures['counted']}).")
-    click.echo(f"this machine: >= {figures['cpu_hours']:,.1f} h at its measured matmul rate "
-               f"({figures['cpu_rate'] / 1e9:,.0f} GFLOP/s); {figures['gpu']}: "
-               f"{figures['gpu_hours']:,.1f} GPU-hours.")
+    click.echo(f"this machine, one run at a time: {figures['cpu_time']} of student steps "
+               f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, timed on a tiny student step); "
+               f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
     if notes:
         click.echo(f"images per epoch: {'; '.join(notes)}.")

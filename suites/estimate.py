@@ -1,14 +1,17 @@
 """Compute estimates for `suite run --dry-run`: the student's training FLOPs, counted by
-torch's FlopCounterMode on one real step, times the images the schedule will show it."""
+torch's FlopCounterMode on one real step, times the images the schedule will show it; this
+machine's time at the FLOP rate of a timed tiny student step; seconds, not minutes."""
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mimbench.data import build_dataset
+from mimbench import config as cfg
+from mimbench.data import DATASETS, build_dataset
 from mimbench.engine import schedule
 from mimbench.errors import MimbenchError
 from mimbench.masking import build_masking
@@ -20,47 +23,79 @@ IMAGENET_TRAIN = 1_281_167  # images per epoch when the data folder is not on th
 GPU = {"name": "A100 (bf16 dense 312 TFLOP/s at 40 % utilisation)", "flops": 312e12 * 0.4}
 
 
+def _student_step(student_cfg, mask_cfg, batch: int, device: str = "cpu"):
+    """A student, a batch and a mask: one pre-training step's inputs at that shape."""
+    with torch.device(device):
+        student = Student(student_cfg, TargetSpec("features", 512, student_cfg.grid, student_cfg.img_size))
+        images = torch.randn(batch, 3, student_cfg.img_size, student_cfg.img_size)
+    mask = build_masking(mask_cfg, student_cfg.grid)(torch.Generator().manual_seed(0)).flatten()[None]
+    return student, images, mask.expand(batch, -1).to(device)
+
+
 def step_flops_per_image(spec: RunSpec) -> float:
-    """Forward + backward FLOPs of the student for one image (the MIM head included)."""
-    s = spec.config.student
-    student = Student(s, TargetSpec("features", 512, s.grid, s.img_size))
-    mask = build_masking(spec.config.mask, s.grid)(torch.Generator().manual_seed(0)).flatten()[None]
+    """Forward + backward FLOPs of the student for one image (the MIM head included), counted
+    on the meta device: shapes only, no arithmetic, so ViT-B/16 counts in a fraction of a second."""
+    student, images, mask = _student_step(spec.config.student, spec.config.mask, 1, "meta")
     with FlopCounterMode(display=False) as counter:
-        student(torch.randn(1, 3, s.img_size, s.img_size), mask).square().mean().backward()
+        student(images, mask).square().mean().backward()
     return float(counter.get_total_flops())
 
 
+def cpu_rate(repeats: int = 3) -> float:
+    """FLOP/s that this machine reaches on a real mimbench step: the tiny student at batch 32,
+    the fastest of a few timed steps after a warm-up."""
+    tiny = cfg.Config()
+    student, images, mask = _student_step(tiny.student, tiny.mask, 32)
+    with FlopCounterMode(display=False) as counter:
+        student(images, mask).square().mean().backward()  # the warm-up, counted
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        student(images, mask).square().mean().backward()
+        best = min(best, time.perf_counter() - start)
+    return counter.get_total_flops() / best
+
+
 def dataset_size(spec: RunSpec) -> tuple[int, str]:
+    """Images per epoch, without rendering or reading the images where the dataset can tell."""
     data = spec.config.data
+    options = dict(data.options)
     try:
-        return len(build_dataset(data.name, **data.options)), "measured"
+        if "cache" in inspect.signature(DATASETS.get(data.name).factory).parameters:
+            options["cache"] = False  # the world: its length without rendering a scene
+        return len(build_dataset(data.name, **options)), "measured"
     except MimbenchError:
         return IMAGENET_TRAIN, "ImageNet-1k train size assumed"
 
 
-def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
-    """This machine's float32 matmul FLOP/s, the best of a few tries."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def duration(hours: float) -> str:
+    """A time to one significant figure, in the unit that reads best."""
+    def rounded(x: float) -> str:
+        return f"{float(f'{x:.1g}'):g}"
+
+    if hours * 60 < 1:
+        return "under a minute"
+    if hours < 1:
+        return f"about {rounded(hours * 60)} min"
+    if hours < 48:
+        return f"about {rounded(hours)} h"
+    return f"about {rounded(hours / 24)} days"
 
 
 def estimate(runs: list[RunSpec]) -> dict:
-    """Per run: images seen in pre-training and fine-tuning, FLOPs; totals as CPU time at
-    this machine's matmul rate (a lower bound) and GPU-hours on the reference GPU."""
-    rate = matmul_rate()
-    per_image: dict[str, float] = {}
+    """Per run: images seen in pre-training and fine-tuning, FLOPs; totals as this machine's
+    time (at the rate of a timed tiny student step) and as time on the reference GPU."""
+    per_image: dict[str, float] = {}  # student shape -> FLOPs
+    sizes: dict[str, tuple[int, str]] = {}
     rows, total = [], 0.0
     for spec in runs:
         key = repr((spec.config.student, spec.config.mask))
         if key not in per_image:
             per_image[key] = step_flops_per_image(spec)
-        size, size_note = dataset_size(spec)
+        data_key = repr(spec.config.data)
+        if data_key not in sizes:
+            sizes[data_key] = dataset_size(spec)
+        size, size_note = sizes[data_key]
         plan = schedule(spec.config, size)
         images = plan["total_steps"] * plan["effective_batch"] if spec.pretrains else 0
         f = spec.config.finetune
@@ -70,7 +105,11 @@ def estimate(runs: list[RunSpec]) -> dict:
         flops = images * per_image[key]
         total += flops
         rows.append({"id": spec.id, "images": images, "flops": flops, "data": size_note})
+    rate = cpu_rate()
+    gpu_hours = total / GPU["flops"] / 3600
     return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_hours": total / rate / 3600,
-            "gpu": GPU["name"], "gpu_hours": total / GPU["flops"] / 3600,
+            "cpu_time": duration(total / rate / 3600), "gpu": GPU["name"], "gpu_hours": gpu_hours,
+            "gpu_time": duration(gpu_hours),
             "counted": "student forward+backward in pre-training and fine-tuning; teacher forward, "
-                       "linear-probe features and the segmentation head are not counted"}
+                       "teacher builds, linear-probe features and the segmentation head are not "
+                       "counted"}

@@ -67,11 +67,18 @@ def test_shipped_suites_load_and_expand():
 def test_paper_suites_dry_run_shows_their_compute(name):
     result = run_cli("suite", "run", name, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "GPU-hours" in result.stdout and "PFLOPs" in result.stdout
+    assert "of GPU time" in result.stdout and "PFLOPs" in result.stdout
     # ViT-B/16 at 224: ~17.6 GMACs forward, x2 FLOPs per MAC, x3 for forward + backward
     total = float(result.stdout.split("total: ")[1].split(" PFLOPs")[0].replace(",", ""))
     images = (300 + 100) * 1_281_167
     assert 0.8 * images * 17.6e9 * 6 / 1e15 < total < 1.25 * images * 17.6e9 * 6 / 1e15
+
+
+def test_durations_have_one_significant_figure():
+    from mimbench.suites.estimate import duration
+
+    assert [duration(h) for h in (0.01, 0.26, 2.4, 130 * 24)] == [
+        "under a minute", "about 20 min", "about 2 h", "about 100 days"]
 
 
 def test_paired_gap_matches_a_hand_computed_t_interval():
