@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mimbench.errors import ConfigError
-
-FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")
+from mimbench.targets.base import FEATURE_LOSSES
 
 
 def check_loss(loss: str, kind: str, target_name: str) -> None:

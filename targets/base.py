@@ -8,6 +8,7 @@ from typing import Literal, Protocol, runtime_checkable
 from torch import Tensor
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # what the core can resize with
+FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")  # regression losses; token ids take "ce" only
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,17 @@ class TargetSpec:
     grid: tuple[int, int]  # features: mapped onto the student's patch grid; tokens: must equal it
     input_size: int  # side of the teacher view, pixels
     interpolation: str = "bicubic"  # how the core resizes the crop for the teacher view
-    loss: str = "cosine"  # default loss; "ce" for tokens
+    loss: str | None = None  # the default loss: features "cosine" (or mse, smooth_l1); tokens "ce"
 
     def __post_init__(self):
         if self.kind not in ("features", "tokens"):
             raise ValueError(f"TargetSpec.kind must be 'features' or 'tokens', not {self.kind!r}")
+        if self.loss is None:
+            object.__setattr__(self, "loss", "ce" if self.kind == "tokens" else "cosine")
+        allowed = ("ce",) if self.kind == "tokens" else FEATURE_LOSSES
+        if self.loss not in allowed:
+            raise ValueError(f"TargetSpec.loss for {self.kind} must be {' or '.join(allowed)}, "
+                             f"not {self.loss!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"TargetSpec.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
                              f"not {self.interpolation!r}")

@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from mimbench.targets import build_target
+from mimbench.targets import TargetSpec, build_target
 from mimbench.targets.clip import clip_target
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -167,3 +167,14 @@ def test_clip_with_a_local_file_runs_offline(cli, tmp_path):
                  "--set", "target.weights=null", "--set", "target.layer=2", "--out", tmp_path / "run",
                  env={"MIMBENCH_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
+
+
+def test_target_spec_enforces_its_kinds_loss():
+    """Token ids take cross entropy only (the default); features any regression loss but not ce."""
+    assert TargetSpec("tokens", 512, (8, 8), 64).loss == "ce"
+    assert TargetSpec("features", 64, (8, 8), 64).loss == "cosine"
+    assert TargetSpec("features", 64, (8, 8), 64, loss="smooth_l1").loss == "smooth_l1"
+    with pytest.raises(ValueError, match="for tokens must be ce, not 'mse'"):
+        TargetSpec("tokens", 512, (8, 8), 64, loss="mse")
+    with pytest.raises(ValueError, match="for features must be cosine or mse or smooth_l1, not 'ce'"):
+        TargetSpec("features", 64, (8, 8), 64, loss="ce")
