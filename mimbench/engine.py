@@ -29,6 +29,7 @@ from mimbench.student import Student, no_weight_decay_names
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
 from mimbench.target_grid import ResampledFeatures, check_grid
 from mimbench.targets import TARGETS
+from mimbench.testing import TargetContractError, output_problem
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int, dict], None]  # (task, step, total steps, latest metrics)
@@ -240,10 +241,12 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                 f"lower optim.batch_size and raise optim.accum_steps by the same factor (same "
                 f"effective batch), or set optim.amp=bf16, then start again.") from None
         if not math.isfinite(step_loss):
+            kept = (f"the last good checkpoint in '{run.path}' is kept" if run.checkpoint.exists()
+                    else "no checkpoint was written yet")
             raise TrainingDiverged(
-                f"the loss became {step_loss} at step {step}; the last good checkpoint in "
-                f"'{run.path}' is kept: lower optim.lr, raise optim.warmup_steps, or set "
-                f"optim.amp=none, then --resume.")
+                f"the loss became {step_loss} at step {step} ({kept}): lower optim.lr, raise "
+                f"optim.warmup_steps, or set optim.amp=none, then "
+                f"{'--resume' if run.checkpoint.exists() else 'start again'}.")
         if config.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(student.parameters(), config.optim.clip_grad)
         optimizer.step()
@@ -279,6 +282,24 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
     return results
 
 
+def checked_targets(provider, view, index, spec, name: str):
+    """The provider's targets for a batch, held to the contract on every batch (shape, dtype,
+    finite values, token range: a cheap check beside a step); a failure or an exception of the
+    provider is reported naming the target and where it comes from, never as divergence."""
+    try:
+        out = provider(view) if index is None else provider(view, index)
+    except MimbenchError:
+        raise
+    except Exception as e:
+        raise TargetContractError(f"target '{name}' ({TARGETS.get(name).source}) failed on a batch "
+                                  f"of views: {type(e).__name__}: {e}") from e
+    problem = output_problem(out, spec, len(view))
+    if problem:
+        raise TargetContractError(f"target '{name}' ({TARGETS.get(name).source}) broke the target "
+                                  f"contract on a batch of views: {problem}.")
+    return out
+
+
 def train_step(model, provider, spec, micro: list[dict], loss_name: str, config: Config,
                device: torch.device) -> float:
     """Forward and backward over this process's micro-batches; returns the step's loss over
@@ -290,7 +311,8 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
     with torch.inference_mode(), autocast(device, config.run.teacher_amp):
         for b in micro:
             view = teacher_input(b["teacher"].to(device, non_blocking=True))  # [B, 3, T, T]
-            targets.append(provider(view, b["index"]) if cached else provider(view))  # [B, N(, D)]
+            targets.append(checked_targets(provider, view, b["index"] if cached else None, spec,
+                                           config.target.name))  # [B, N(, D)]
     targets = [t.clone() for t in targets]  # ordinary tensors, usable in autograd
     if spec.kind == "features":
         targets = [t.float() for t in targets]

@@ -45,25 +45,34 @@ def check_target_provider(provider, name: str | None = None, grid: tuple[int, in
     g = torch.Generator().manual_seed(seed)
     view = torch.rand(batch, 3, spec.input_size, spec.input_size, generator=g)
     out = provider(view.clone().requires_grad_(True))
-    n = spec.grid[0] * spec.grid[1]
-    if not isinstance(out, torch.Tensor):
-        fail(f"it returned {type(out).__name__}, not a tensor")
-    if out.requires_grad or out.grad_fn is not None:
+    if isinstance(out, torch.Tensor) and (out.requires_grad or out.grad_fn is not None):
         fail("its output carries an autograd graph; run the network under torch.inference_mode()")
-    if spec.kind == "features":
-        if tuple(out.shape) != (batch, n, spec.dim):
-            fail(f"features must have shape [B, N, dim] = {[batch, n, spec.dim]}, not {list(out.shape)}")
-        if not out.is_floating_point():
-            fail(f"features must be floating point, not {out.dtype}")
-        if not torch.isfinite(out).all():
-            fail("its features hold NaN or inf")
-    else:
-        if tuple(out.shape) != (batch, n):
-            fail(f"tokens must have shape [B, N] = {[batch, n]}, not {list(out.shape)}")
-        if out.dtype != torch.int64:
-            fail(f"tokens must be int64, not {out.dtype}")
-        if out.min() < 0 or out.max() >= spec.dim:
-            fail(f"token ids must lie in [0, {spec.dim}), got {int(out.min())}..{int(out.max())}")
+    problem = output_problem(out, spec, batch)
+    if problem:
+        fail(problem)
     again = provider(view.clone())
     if not torch.equal(out, again):
         fail("two calls on the same view gave different outputs")
+
+
+def output_problem(out, spec: TargetSpec, batch: int) -> str | None:
+    """What is wrong with a provider's output for a batch of `batch` views, or None: its type,
+    shape and dtype for the spec's kind and grid, finite features, token ids in the vocabulary."""
+    n = spec.grid[0] * spec.grid[1]
+    if not isinstance(out, torch.Tensor):
+        return f"it returned {type(out).__name__}, not a tensor"
+    if spec.kind == "features":
+        if tuple(out.shape) != (batch, n, spec.dim):
+            return f"features must have shape [B, N, dim] = {[batch, n, spec.dim]}, not {list(out.shape)}"
+        if not out.is_floating_point():
+            return f"features must be floating point, not {out.dtype}"
+        if not torch.isfinite(out).all():
+            return "its features hold NaN or inf"
+        return None
+    if tuple(out.shape) != (batch, n):
+        return f"tokens must have shape [B, N] = {[batch, n]}, not {list(out.shape)}"
+    if out.dtype != torch.int64:
+        return f"tokens must be int64, not {out.dtype}"
+    if out.min() < 0 or out.max() >= spec.dim:
+        return f"token ids must lie in [0, {spec.dim}), got {int(out.min())}..{int(out.max())}"
+    return None

@@ -14,6 +14,7 @@ from mimbench.registry import Entry
 from mimbench.student import Student
 from mimbench.targets import TARGETS
 from mimbench.targets.pixels import PixelTarget
+from mimbench.testing import TargetContractError
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine():
@@ -86,7 +87,7 @@ def test_a_batch_of_views_is_each_sample_collated_alone():
 
 
 class NanAfterThree(PixelTarget):
-    """Pixels, then NaN from the fourth call on: a stand-in for a diverging target."""
+    """Pixels, then NaN from the fourth call on: a target that breaks mid-run."""
 
     calls = 0
 
@@ -96,14 +97,43 @@ class NanAfterThree(PixelTarget):
         return out if NanAfterThree.calls <= 3 else out * float("nan")
 
 
-def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_from_the_target_is_the_targets_fault(tmp_path, monkeypatch):
     monkeypatch.setitem(TARGETS._entries, "nan_after_3", Entry("nan_after_3", "test", NanAfterThree))
-    c = cfg.resolve("smoke", target="nan_after_3", overrides=("run.checkpoint_every=2",))
+    monkeypatch.setattr(NanAfterThree, "calls", 0)
+    c = cfg.resolve("smoke", target="nan_after_3")
+    with pytest.raises(TargetContractError, match="target 'nan_after_3' .* features hold NaN"):
+        pretrain(c, RunDir(tmp_path / "run"))
+
+
+def diverging_after(steps: int, monkeypatch):
+    """engine.train_step, with the loss NaN from step `steps` on: a stand-in for divergence."""
+    real, calls = engine.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss if len(calls) <= steps else float("nan")
+
+    monkeypatch.setattr(engine, "train_step", step)
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    diverging_after(3, monkeypatch)
+    c = cfg.resolve("smoke", target="pixels", overrides=("run.checkpoint_every=2",))
     run = RunDir(tmp_path / "run")
-    with pytest.raises(TrainingDiverged, match="step 3"):
+    with pytest.raises(TrainingDiverged, match="step 3 .the last good checkpoint .* is kept.*--resume"):
         pretrain(c, run)
     saved = torch.load(run.checkpoint, weights_only=True)
     assert saved["step"] == 2
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    diverging_after(0, monkeypatch)
+    c = cfg.resolve("smoke", target="pixels")
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match="step 0 .no checkpoint was written yet.*start again"):
+        pretrain(c, run)
+    assert not run.checkpoint.exists()
 
 
 def test_teacher_gets_no_gradients_and_stays_in_eval_mode(tmp_path, monkeypatch):

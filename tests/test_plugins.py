@@ -141,3 +141,68 @@ def test_listing_does_not_import_plugins(installed_plugin):
     result = subprocess.run([sys.executable, "-c", code], env={**__import__('os').environ, **installed_plugin},
                             capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+BROKEN_PLUGIN = '''
+import torch
+from mimbench.targets import TargetSpec
+
+
+class Broken:
+    """Patch features of the wrong kind: how depends on the subclass."""
+
+    def __init__(self, img_size: int = 32, patch_size: int = 8):
+        self.side = img_size // patch_size
+        self.spec = TargetSpec(kind="features", dim=4, grid=(self.side, self.side), input_size=img_size)
+
+    @torch.inference_mode()
+    def __call__(self, view):
+        return self.broken(view.new_zeros(len(view), self.side * self.side, 4))
+
+
+class WrongShape(Broken):
+    def broken(self, out):
+        return out[:, 1:]
+
+
+class NaN(Broken):
+    def broken(self, out):
+        return out.fill_(float("nan"))
+
+
+class Raises(Broken):
+    def broken(self, out):
+        raise KeyError("no such layer")
+'''
+
+
+@pytest.fixture(scope="module")
+def broken_plugin(tmp_path_factory):
+    """A real package whose three targets break the contract only when run on real batches."""
+    source = tmp_path_factory.mktemp("broken-src")
+    (source / "mimbench_broken").mkdir()
+    (source / "mimbench_broken" / "__init__.py").write_text(BROKEN_PLUGIN)
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "mimbench-broken"\nversion = "0.1"\n'
+        '[project.entry-points."mimbench.targets"]\nwrong-shape = "mimbench_broken:WrongShape"\n'
+        'nan = "mimbench_broken:NaN"\nraises = "mimbench_broken:Raises"\n')
+    site = tmp_path_factory.mktemp("broken-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(source)], check=True, capture_output=True)
+    return {"PYTHONPATH": str(site)}
+
+
+@pytest.mark.parametrize("name, rule", [
+    ("wrong-shape", "features must have shape [B, N, dim] = [8, 16, 4], not [8, 15, 4]"),
+    ("nan", "its features hold NaN or inf"),
+    ("raises", "failed on a batch of views: KeyError: 'no such layer'"),
+])
+def test_a_broken_plugin_is_named_not_blamed_on_training(broken_plugin, tmp_path, name, rule):
+    result = run_cli("run", "--target", name, "--preset", "smoke", "--out", tmp_path / "run",
+                     "--set", "target.cache=false", env=broken_plugin)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert f"target '{name}' (package 'mimbench-broken')" in message and rule in message, message
+    assert "lower optim.lr" not in message
