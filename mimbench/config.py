@@ -414,12 +414,13 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     for text in overrides:
         config = apply(config, parse_override(text))
-    check_options(config)
-    return config
+    return check_options(config)
 
 
-def check_options(config: Config) -> None:
-    """Each option of `target` and `data` must be a parameter of its registered factory."""
+def check_options(config: Config) -> Config:
+    """Each option of `target` and `data` must be a parameter of its registered factory; values
+    are converted by the parameter's annotation (`--set target.bins=12` arrives as an int; `abc`
+    for an int is refused naming the type). Returns the config with converted options."""
     from mimbench.data import DATASETS
     from mimbench.targets import TARGETS
 
@@ -427,13 +428,63 @@ def check_options(config: Config) -> None:
         cfg = getattr(config, section)
         factory = registry.get(cfg.name).factory
         params = inspect.signature(factory).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            continue
-        for key in cfg.options:
+        hints = _annotations(factory)
+        converted = dict(cfg.options)
+        for key, value in cfg.options.items():
             if key not in params:
+                if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                    continue
                 raise ConfigError(
                     f"unknown config key '{section}.{key}'{did_you_mean(key, params)}; "
                     f"{section} '{cfg.name}' takes: {', '.join(params) or 'no options'}.")
+            if key in hints:
+                try:
+                    converted[key] = _coerce(value, hints[key], f"{section}.{key}")
+                except TypeError:  # an annotation the checker does not know: passed as given
+                    pass
+        config = dataclasses.replace(config, **{section: dataclasses.replace(cfg, options=converted)})
+    check_values(config)
+    return config
+
+
+def _annotations(factory) -> dict[str, Any]:
+    """The resolved parameter annotations of a factory function or class ({} if unresolvable)."""
+    try:
+        return typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # annotations naming what the module cannot import: no conversion
+        return {}
+
+
+def check_values(config: Config) -> None:
+    """Values that each type allows but no run can use, refused in one sentence before anything
+    is built or written."""
+    s, m, o = config.student, config.mask, config.optim
+    if s.img_size % s.patch_size:
+        raise ConfigError(f"student.img_size {s.img_size} is not a multiple of student.patch_size "
+                          f"{s.patch_size}; pick sizes that tile the image.")
+    cells = s.grid[0] * s.grid[1]
+    if m.num_masked is None and not 0 < m.ratio < 1:
+        raise ConfigError(f"mask.ratio must lie strictly between 0 and 1, not {m.ratio}.")
+    if not 0 < m.count(s.grid) < cells:
+        raise ConfigError(f"the mask covers {m.count(s.grid)} of the student's {cells} patches; "
+                          f"mask at least 1 and fewer than {cells} (mask.ratio or mask.num_masked).")
+    positive = {"optim.batch_size": o.batch_size, "optim.accum_steps": o.accum_steps,
+                "optim.steps": o.steps, "optim.epochs": o.epochs, "optim.lr": o.lr,
+                "finetune.steps": config.finetune.steps, "finetune.batch_size": config.finetune.batch_size,
+                "segmentation.steps": config.segmentation.steps,
+                "segmentation.batch_size": config.segmentation.batch_size,
+                "segmentation.crop": config.segmentation.crop,
+                "segmentation.stride": config.segmentation.stride}
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive, not {value}.")
+    seg = config.segmentation
+    if seg.crop is not None and seg.crop < s.patch_size:
+        raise ConfigError(f"segmentation.crop {seg.crop} is smaller than a patch "
+                          f"({s.patch_size} px); BEiT crops 512 with patch 16.")
+    if seg.crop is not None and seg.stride is not None and seg.stride > seg.crop:
+        raise ConfigError(f"segmentation.stride {seg.stride} is larger than segmentation.crop "
+                          f"{seg.crop}: the sliding window would skip pixels (BEiT: 341 of 512).")
 
 
 # ---------------------------------------------------------------- (de)serialisation

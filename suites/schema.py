@@ -94,7 +94,7 @@ class Suite:
                     config = cfg.resolve(self.preset, target=base_target)
                     config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
                                                        "run.evals": self.evals}))
-                    cfg.check_options(config)
+                    config = cfg.check_options(config)
                     label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
                     runs.append(RunSpec(run_id, target, seed, point, config))

@@ -260,3 +260,28 @@ def test_eval_of_a_checkpoint_file_uses_its_saved_student_shape(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     card = json.loads((tmp_path / "eval" / "results.json").read_text())["evals"]["knn"]["card"]
     assert card["features"] == "avg-pooled block 2"  # the saved depth 3, not smoke's 2
+
+
+BAD_INPUTS = [  # (--set overrides, the sentence's words): each refused before anything is written
+    (["mask.ratio=1.5"], "mask.ratio must lie strictly between 0 and 1, not 1.5"),
+    (["mask.ratio=0"], "mask.ratio must lie strictly between 0 and 1, not 0.0"),
+    (["mask.num_masked=99"], "the mask covers 99 of the student's 16 patches"),
+    (["student.patch_size=5"], "student.img_size 32 is not a multiple of student.patch_size 5"),
+    (["optim.steps=-1"], "optim.steps must be positive, not -1"),
+    (["optim.batch_size=0"], "optim.batch_size must be positive, not 0"),
+    (["run.device=cuda:7"], "run.device=cuda:7"),
+    (["target.layer=abc"], "'target.layer' must be an integer, not 'abc'"),
+    (["segmentation.crop=4"], "segmentation.crop 4 is smaller than a patch (8 px)"),
+    (["segmentation.crop=32", "segmentation.stride=64"], "segmentation.stride 64 is larger than segmentation.crop 32"),
+]
+
+
+@pytest.mark.parametrize("overrides, words", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_sentence_and_leaves_nothing(cli, tmp_path, overrides, words):
+    if overrides == ["run.device=cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    out = tmp_path / "run"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    _fails_cleanly(cli("run", "--target", "clip", "--preset", "smoke", "--out", out, *sets), words)
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob("**/*.tmp"))

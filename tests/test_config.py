@@ -68,3 +68,12 @@ def test_a_config_files_target_keys_outrank_the_presets_target_defaults(tmp_path
     assert config.target.options["model"] == "teacher:clip"  # the defaults the file left alone
     path.write_text("target:\n  name: timm\n  layer: 3\n")  # another target's keys do not carry over
     assert cfg.resolve("tiny", config_file=path, target="clip").target.options["layer"] == 2
+
+
+def test_target_options_are_converted_by_their_annotations():
+    """dvae's grid is annotated tuple[int, int]: a YAML list arrives as a tuple; a string for
+    clip's int layer is refused naming the type."""
+    config = cfg.resolve("smoke", target="dvae", overrides=("target.grid=[4, 4]",))
+    assert config.target.options["grid"] == (4, 4)
+    with pytest.raises(ConfigError, match="'target.layer' must be an integer, not 'abc'"):
+        cfg.resolve("smoke", target="clip", overrides=("target.layer=abc",))
