@@ -8,6 +8,8 @@ import inspect
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +23,7 @@ from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
-from mimbench.errors import ConfigError, MimbenchError, TrainingDiverged
+from mimbench.errors import ConfigError, Interrupted, MimbenchError, TrainingDiverged
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
@@ -158,17 +160,41 @@ def accumulation_steps(config: Config, world: distributed.World, saved: dict | N
     return wanted // per_step
 
 
+class StopRequest:
+    """SIGINT/SIGTERM while pre-training: the first asks the loop to stop after the step in
+    flight (then it checkpoints and says how to resume); a second one stops at once."""
+
+    def __init__(self):
+        self.asked = False
+        self._previous = {}
+
+    def _ask(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
              notify: Callable[[str], None] | None = None) -> dict:
     """Pre-train (or continue) the run in `run`; returns the results written to results.json.
     Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes,
     holding the run directory (mimbench.run_lock) from its first write to the end."""
-    with run_lock.released_after(run.path):
-        return _pretrain(config, run, progress, notify)
+    with run_lock.released_after(run.path), StopRequest() as stop:
+        return _pretrain(config, run, progress, notify, stop)
 
 
 def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
-              notify: Callable[[str], None] | None) -> dict:
+              notify: Callable[[str], None] | None, stop: StopRequest) -> dict:
     keep_freed_memory()
     world, device = distributed.init(config.run.device)
     provider = build_target_for(config, progress if world.is_main else None)
@@ -223,8 +249,25 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
 
     student.train()
     started, window_start, window_images, window_wait = time.perf_counter(), time.perf_counter(), 0, 0.0
+    earlier = state.get("elapsed_s", 0.0) if state else 0.0  # wall time of the runs resumed from
+
+    def save(done: int):
+        checkpoint.save_atomic({"step": done, "student": student.state_dict(),
+                                "optimizer": optimizer.state_dict(), "plan": plan,
+                                "config": cfg.to_dict(config),
+                                "elapsed_s": earlier + time.perf_counter() - started},
+                               run.checkpoint, keep_previous=True)
+
     metrics = {}
     for step in range(start, total):
+        if stop.asked:  # between steps: the weights and optimizer are consistent
+            if world.is_main and step > start:
+                save(step)
+            distributed.shutdown()
+            if not run.checkpoint.exists():
+                raise Interrupted(f"stopped before the first step of {total}; nothing was saved.")
+            raise Interrupted(f"stopped at step {step} of {total}; continue with mimbench "
+                              f"pretrain --resume {run.path}")
         # all randomness of a step is a function of (seed, rank, step): resume is exact
         torch.manual_seed(config.run.seed * 1_000_003 + world.rank * 7_919 + step)
         lr = lr_at(step, total, plan["warmup_steps"], plan["peak_lr"], config.optim.min_lr)
@@ -263,15 +306,12 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                 run.log_metrics(metrics)
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
         if (done % config.run.checkpoint_every == 0 or done == total) and world.is_main:
-            checkpoint.save_atomic({"step": done, "student": student.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "plan": plan,
-                                    "config": cfg.to_dict(config)}, run.checkpoint,
-                                   keep_previous=True)
+            save(done)
         if progress and world.is_main:
             progress("pre-training", done, total, metrics)
 
     results = {"pretrain": {"steps": total, "final_loss": metrics["loss"], "loss": loss_name,
-                            "wall_time_s": time.perf_counter() - started,
+                            "wall_time_s": earlier + time.perf_counter() - started,  # all resumes
                             "world_size": world.size, **plan},
                "target": {"name": config.target.name, **asdict(spec)},
                "config": cfg.to_dict(config)}

@@ -22,3 +22,7 @@ class WeightsUnavailableError(MimbenchError):
 
 class TrainingDiverged(MimbenchError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class Interrupted(MimbenchError):
+    """SIGINT or SIGTERM stopped a run between steps; a checkpoint was written to resume from."""

@@ -5,9 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+import random
 import time
 
 import pytest
+import torch
 
 from tests.conftest import run_cli
 
@@ -51,3 +53,39 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert json.loads((killed / "results.json").read_text())["pretrain"]["steps"] == STEPS
     for step in range(1, STEPS + 1):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_checkpoints_says_how_to_resume_and_resumes_exactly(tmp_path, sig):
+    """SIGINT/SIGTERM at a random step: the run finishes the step, writes a checkpoint there
+    (not only at checkpoint_every), says where it stopped; --resume then ends where an
+    uninterrupted run ends; no temporary file is left; the wall time counts both parts."""
+    reference = tmp_path / "reference"
+    assert run_cli(*ARGS, "--set", "run.checkpoint_every=1000", "--out", reference).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "mimbench", *ARGS, "--set", "run.checkpoint_every=1000",
+                             "--out", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    target = random.Random(int(sig)).randint(3, STEPS - 10)
+    deadline = time.time() + 120
+    while last_logged_step(stopped) < target and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    message = stderr.strip().splitlines()[-1]
+    step = int(message.split("stopped at step ")[1].split(" ")[0])
+    assert target <= step < STEPS and f"of {STEPS}; continue with mimbench pretrain --resume" in message
+    at_stop = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert at_stop["step"] == step and at_stop["elapsed_s"] > 0
+    assert not list(stopped.glob("*.tmp")) and not list(stopped.glob(".*.tmp"))
+
+    result = run_cli("pretrain", "--resume", stopped)
+    assert result.returncode == 0, result.stderr
+    resumed, uninterrupted = losses(stopped), losses(reference)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for s in range(1, STEPS + 1):
+        assert resumed[s] == pytest.approx(uninterrupted[s], rel=1e-5, abs=1e-6), s
+    final = json.loads((stopped / "results.json").read_text())["pretrain"]
+    assert final["wall_time_s"] > at_stop["elapsed_s"]  # the first part is counted too
+    assert not list(stopped.glob(".*.tmp"))
