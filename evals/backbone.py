@@ -37,15 +37,24 @@ def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
     return encoder, f"{source} (step {state['step']})"
 
 
-def saved_student(source: str) -> dict | None:
-    """The student section `source` was trained with: a run directory's config.yaml, a
-    checkpoint file's saved config, or the architecture an exported folder's config.json
-    records; None for other sources."""
+def saved_config(source: str) -> dict | None:
+    """The whole config `source` was trained with (a run directory's config.yaml, or the one a
+    checkpoint file carries); None for other sources."""
     path = Path(source)
     if (path / "config.yaml").exists():
-        return cfg.load_yaml(path / "config.yaml")["student"]
+        return cfg.load_yaml(path / "config.yaml")
     if path.is_file():
-        return checkpoint.load(path)["config"]["student"]
+        return checkpoint.load(path)["config"]
+    return None
+
+
+def saved_student(source: str) -> dict | None:
+    """The student section `source` was trained with: from its saved config, or the
+    architecture an exported folder's config.json records; None for other sources."""
+    saved = saved_config(source)
+    if saved is not None:
+        return saved["student"]
+    path = Path(source)
     if (path / "config.json").exists():
         exported = json.loads((path / "config.json").read_text())
         args = exported["model_args"]

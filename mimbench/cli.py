@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -226,24 +227,37 @@ def run(target, preset, config_file, overrides, out, resume):
 @click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random "
               "init); or target:<name>, that target's own network (frozen in the probes; "
               "fine-tuning and segmentation train a copy of a CLIP ResNet tower).")
-@click.option("--preset", default="tiny", show_default=True, help="Preset for data and protocol settings.")
+@click.option("--preset", default=None,
+              help="Preset for data and protocol settings (default: a run's own saved config, "
+                   "else tiny).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")
-@click.option("--out", type=click.Path(file_okay=False), help="Where results.json goes (default: the run directory).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Where results.json goes (default: RUN/evals/<evaluation>-<config hash> for a "
+                   "run directory, so the run's own results.json is never replaced).")
 def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
-    """Evaluate a checkpoint or a timm model with one protocol; writes results.json."""
+    """Evaluate a checkpoint or a timm model with one protocol; writes results.json.
+
+    A run directory or checkpoint is evaluated with the config it was trained with (student,
+    evaluation data and protocols) unless --preset or --set say otherwise."""
     from mimbench.engine import RunDir
     from mimbench.evals import TARGET, run_evals
-    from mimbench.evals.backbone import saved_student
+    from mimbench.evals.backbone import saved_config, saved_student
 
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
     target = model.removeprefix(TARGET) if model and model.startswith(TARGET) else None
-    config = cfg.resolve(preset, target=target, overrides=tuple(overrides))
-    student = checkpoint_path and saved_student(checkpoint_path)
-    if student:  # evaluate with the shape the model was trained at
-        config = cfg.apply(config, {"student": student})
-    out = Path(out or (checkpoint_path if checkpoint_path and Path(checkpoint_path).is_dir() else
-                       f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"))
+    saved = saved_config(checkpoint_path) if checkpoint_path else None
+    if saved is not None and preset is None:
+        config = cfg.resolve_saved(saved, tuple(overrides))
+    else:
+        config = cfg.resolve(preset or "tiny", target=target, overrides=tuple(overrides))
+        student = checkpoint_path and saved_student(checkpoint_path)
+        if student:  # evaluate with the shape the model was trained at
+            config = cfg.apply(config, {"student": student})
+    if out is None and checkpoint_path and Path(checkpoint_path).is_dir():
+        digest = hashlib.sha256(json.dumps(cfg.to_dict(config), sort_keys=True).encode()).hexdigest()
+        out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"
+    out = Path(out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     with reporter() as report:
         results = run_evals([evaluation], config, checkpoint_path or model, out, report, preset)
     print_results(RunDir(out), results)

@@ -417,6 +417,14 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     return check_options(config)
 
 
+def resolve_saved(saved: dict, overrides: tuple[str, ...] = ()) -> Config:
+    """A run's saved config (config.yaml) with --set overrides on top."""
+    config = from_dict(saved)
+    for text in overrides:
+        config = apply(config, parse_override(text))
+    return check_options(config)
+
+
 def check_options(config: Config) -> Config:
     """Each option of `target` and `data` must be a parameter of its registered factory; values
     are converted by the parameter's annotation (`--set target.bins=12` arrives as an int; `abc`

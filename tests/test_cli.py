@@ -285,3 +285,22 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(cli, tmp_path, overrides, 
     _fails_cleanly(cli("run", "--target", "clip", "--preset", "smoke", "--out", out, *sets), words)
     assert not out.exists() or not any(out.iterdir())
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_eval_of_a_run_uses_its_config_and_keeps_its_results(cli, tmp_path):
+    """`eval linear --checkpoint RUN` with no other option: the run's own config (smoke data,
+    not the tiny preset's), the same number as the run measured, written under RUN/evals/
+    while RUN/results.json stays as it was."""
+    run = tmp_path / "run"
+    result = cli("run", "--target", "pixels", "--preset", "smoke", "--set", "run.evals=[linear]",
+                 "--out", run)
+    assert result.returncode == 0, result.stderr
+    before = (run / "results.json").read_bytes()
+    result = cli("eval", "linear", "--checkpoint", run)
+    assert result.returncode == 0, result.stderr
+    assert (run / "results.json").read_bytes() == before
+    [written] = (run / "evals").glob("linear-*/results.json")
+    again = json.loads(written.read_text())["evals"]["linear_probe"]
+    original = json.loads(before)["evals"]["linear_probe"]
+    assert again["top1"] == original["top1"]
+    assert again["card"]["train"] == original["card"]["train"]  # smoke's 256 images, not tiny's
