@@ -115,13 +115,18 @@ def test_decorator_registration_and_duplicate_names():
     check_target_provider(build_target("in-process-example"), name="in-process-example")
 
 
+def pip_install(package, tmp_path_factory) -> dict:
+    """pip-install a plugin's source folder into a folder of its own (a real wheel with its
+    entry points); returns the environment that makes it importable."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(package)], check=True, capture_output=True)
+    return {"PYTHONPATH": str(site)}
+
+
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory):
-    """pip-install the example plugin into its own folder (a real wheel with its entry point)."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True)
-    return {"PYTHONPATH": str(target)}
+    return pip_install(PLUGIN, tmp_path_factory)
 
 
 def test_example_plugin_lists_and_runs(installed_plugin, tmp_path):
@@ -187,10 +192,7 @@ def broken_plugin(tmp_path_factory):
         '[project]\nname = "mimbench-broken"\nversion = "0.1"\n'
         '[project.entry-points."mimbench.targets"]\nwrong-shape = "mimbench_broken:WrongShape"\n'
         'nan = "mimbench_broken:NaN"\nraises = "mimbench_broken:Raises"\n')
-    site = tmp_path_factory.mktemp("broken-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(source)], check=True, capture_output=True)
-    return {"PYTHONPATH": str(site)}
+    return pip_install(source, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name, rule", [
