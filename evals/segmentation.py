@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
-from mimbench.data import build_dataset
+from mimbench.data import DATASETS, build_dataset
 from mimbench.data.seg_augment import augment, rescaled_size
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import resolve_device
@@ -132,10 +133,22 @@ def headline(background: int | None) -> str:
     return "mIoU" if background is None else "mIoU_objects"
 
 
+def check_label_maps(config) -> None:
+    """Segmentation reads ADE20K or an evaluation dataset that can give label maps."""
+    if config.segmentation.dataset == "ade20k":
+        return
+    factory = DATASETS.get(config.eval_data.name).factory
+    if "labels" not in inspect.signature(factory).parameters:
+        raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
+                          f"does not have; use the world or segmentation.dataset=ade20k with "
+                          f"segmentation.root.")
+
+
 def segmentation_data(config, split: str):
     cfg = config.segmentation
     if cfg.dataset == "ade20k":
         return build_dataset("ade20k", root=cfg.root, split="training" if split == "train" else "validation")
+    check_label_maps(config)
     options = {**getattr(config.eval_data, split), "labels": "mask"}
     return build_dataset(config.eval_data.name, **options)
 

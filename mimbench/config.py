@@ -486,6 +486,10 @@ def check_values(config: Config) -> None:
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, not {value}.")
+    if "segmentation" in config.run.evals:
+        from mimbench.evals.segmentation import check_label_maps
+
+        check_label_maps(config)
     seg = config.segmentation
     if seg.crop is not None and seg.crop < s.patch_size:
         raise ConfigError(f"segmentation.crop {seg.crop} is smaller than a patch "

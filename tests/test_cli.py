@@ -273,6 +273,8 @@ BAD_INPUTS = [  # (--set overrides, the sentence's words): each refused before a
     (["target.layer=abc"], "'target.layer' must be an integer, not 'abc'"),
     (["segmentation.crop=4"], "segmentation.crop 4 is smaller than a patch (8 px)"),
     (["segmentation.crop=32", "segmentation.stride=64"], "segmentation.stride 64 is larger than segmentation.crop 32"),
+    (["eval_data.name=folder", "eval_data.train={root: .}", "eval_data.val={root: .}"],
+     "segmentation needs label maps, which dataset 'folder' does not have"),
 ]
 
 
