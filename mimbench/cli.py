@@ -216,7 +216,7 @@ def run(target, preset, config_file, overrides, out, resume):
     if config.run.evals and is_main_process():  # evaluations run in rank 0 only
         with reporter() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
-                                preset)
+                                config.run.preset)  # a resumed run's own preset
     print_results(run_dir, results)
 
 
@@ -259,7 +259,8 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
         out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"
     out = Path(out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     with reporter() as report:
-        results = run_evals([evaluation], config, checkpoint_path or model, out, report, preset)
+        results = run_evals([evaluation], config, checkpoint_path or model, out, report,
+                            config.run.preset)
     print_results(RunDir(out), results)
 
 

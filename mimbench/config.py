@@ -94,6 +94,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    preset: str = "tiny"  # the preset the config was resolved from: its published references
     seed: int = 0
     device: str = "auto"
     teacher_amp: Literal["none", "bf16"] = "none"
@@ -402,6 +403,7 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
         raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, PRESETS)}; "
                           f"presets are: {', '.join(PRESETS)}.")
     config = apply(Config(), PRESETS[preset])
+    config = apply(config, {"run": {"preset": preset}})
     from_file = load_yaml(config_file) if config_file is not None else {}
     config = apply(config, from_file)
     if target is not None:

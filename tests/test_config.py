@@ -77,3 +77,11 @@ def test_target_options_are_converted_by_their_annotations():
     assert config.target.options["grid"] == (4, 4)
     with pytest.raises(ConfigError, match="'target.layer' must be an integer, not 'abc'"):
         cfg.resolve("smoke", target="clip", overrides=("target.layer=abc",))
+
+
+def test_a_saved_config_remembers_its_preset():
+    """--resume and eval --checkpoint read config.yaml: the preset (whose published references
+    the evaluations report) travels with it instead of falling back to tiny."""
+    config = cfg.resolve("paper", target="clip")
+    assert cfg.from_dict(cfg.to_dict(config)).run.preset == "paper"
+    assert cfg.resolve("smoke").run.preset == "smoke"
