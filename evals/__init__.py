@@ -1,4 +1,5 @@
-"""Evaluations of a pre-trained student: linear and k-NN probes, fine-tuning, segmentation.
+"""Evaluations of a pre-trained student: linear and k-NN probes, a linear segmentation probe,
+fine-tuning, segmentation.
 
 Each evaluation only reads a backbone and writes its result with a protocol card into
 results.json under evals.<name>.
@@ -13,10 +14,10 @@ from mimbench import run_lock
 from mimbench.errors import ConfigError
 
 RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
-                "segmentation": "segmentation"}
+                "segmentation": "segmentation", "seg_linear": "segmentation_linear"}
 
 
-FROZEN_EVALS = ("linear", "knn")  # the protocols that read frozen features only
+FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen features only
 TARGET = "target:"  # a source naming a target: its own network is evaluated (evals.tower)
 
 
@@ -42,6 +43,7 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
     from mimbench.evals.finetune import finetune
     from mimbench.evals.knn import knn_probe
     from mimbench.evals.linear_probe import linear_probe
+    from mimbench.evals.seg_probe import segmentation_probe
     from mimbench.evals.segmentation import segmentation
     from mimbench.evals.tower import target_tower
 
@@ -52,9 +54,12 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
         if name not in FROZEN_EVALS or not is_target:  # fresh: fine-tuning changes it
             encoder, description = target_tower(config) if is_target else load_backbone(source, config)
         if name in FROZEN_EVALS:
-            probe = linear_probe if name == "linear" else knn_probe
             model = frozen if is_target else student_features(encoder, config, description)
-            result = probe(model, config, Path(out) / "features", progress, preset)
+            if name == "seg_linear":
+                result = segmentation_probe(model, config, progress, preset)
+            else:
+                probe = linear_probe if name == "linear" else knn_probe
+                result = probe(model, config, Path(out) / "features", progress, preset)
         elif name == "finetune":
             result = finetune(encoder, config, description, progress, preset)
         else:

@@ -20,6 +20,7 @@ from mimbench.evals.data import eval_dataset, fingerprint, student_batch
 from mimbench.targets.frozen import block_index
 
 Embed = Callable[[list], torch.Tensor]  # a batch of images (uint8 arrays) -> [B, D] features
+PatchMap = Callable[[list], torch.Tensor]  # a batch of images -> [B, D, h, w] per-patch features
 BATCH = 256
 
 
@@ -31,6 +32,7 @@ class FrozenModel:
     key: str  # the model and how it embeds: names its cached features
     source: str  # for the card
     features: str  # for the card, e.g. "avg-pooled block 3"
+    patch_map: PatchMap  # the same features before pooling, on the model's grid
 
 
 def student_features(encoder, config, source: str) -> FrozenModel:
@@ -46,8 +48,12 @@ def student_features(encoder, config, source: str) -> FrozenModel:
         batch = student_batch(images, size).to(device)
         return pooled_features(encoder, batch, block, probe.pooling).cpu()
 
+    def patch_map(images):
+        batch = student_batch(images, size).to(device)
+        return encoder.forward_intermediates(batch, indices=[block], intermediates_only=True)[0].cpu()
+
     return FrozenModel(embed, f"{source}|{block}|{probe.pooling}|{size}", source,
-                       f"{probe.pooling}-pooled block {block}")
+                       f"{probe.pooling}-pooled block {block}", patch_map)
 
 
 def target_features(config, source: str) -> FrozenModel:
@@ -64,14 +70,18 @@ def target_features(config, source: str) -> FrozenModel:
         raise ConfigError(f"target '{config.target.name}' gives token ids, which have no features "
                           f"to probe; evaluate a feature target's own features.")
 
-    def embed(images):
+    def patch_map(images):
         views = resize_all([uint8_tensor(im) for im in images], spec.input_size, spec.interpolation)
-        return provider(teacher_input(views.to(device))).mean(1).cpu()  # [B, N, D] -> [B, D]
+        tokens = provider(teacher_input(views.to(device))).cpu()  # [B, N, D]
+        return tokens.transpose(1, 2).reshape(len(images), -1, *spec.grid)  # [B, D, h, w]
+
+    def embed(images):
+        return patch_map(images).mean((2, 3))  # [B, D]
 
     options = json.dumps(cfg.to_dict(config)["target"], sort_keys=True)
     return FrozenModel(embed, f"{source}|{options}", source,
                        f"the target's {spec.grid[0]}x{spec.grid[1]} features average-pooled, "
-                       f"from {spec.input_size}-px views")
+                       f"from {spec.input_size}-px views", patch_map)
 
 
 @torch.no_grad()

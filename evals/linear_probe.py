@@ -37,8 +37,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_
     return w.detach(), b.detach()
 
 
-def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
-    """CLIP's protocol: choose the L2 strength on a held-out part of train, refit on all of it."""
+def choose_and_fit(train_x, train_y, classes, cfg, seed):
+    """CLIP's protocol: the L2 strength that does best on a held-out part of train, then a
+    refit on all of it. Returns (W, b, details)."""
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
     cut = int(len(order) * (1 - cfg.holdout))
     fit, hold = order[:cut], order[cut:]
@@ -48,8 +49,13 @@ def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
         scores[l2] = ((train_x[hold] @ w + b).argmax(1) == train_y[hold]).float().mean().item()
     best = max(scores, key=lambda l2: (scores[l2], l2))  # ties: the stronger regularisation
     w, b = fit_logistic(train_x, train_y, classes, best, cfg.max_iter)
+    return w, b, {"chosen_regularisation": best, "holdout_accuracy": scores}
+
+
+def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
+    w, b, details = choose_and_fit(train_x, train_y, classes, cfg, seed)
     top1 = ((val_x @ w + b).argmax(1) == val_y).float().mean().item() * 100
-    return top1, {"chosen_regularisation": best, "holdout_accuracy": scores}
+    return top1, details
 
 
 def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):

@@ -221,7 +221,7 @@ def run(target, preset, config_file, overrides, out, resume):
 
 
 @main.command("eval")
-@click.argument("evaluation", type=click.Choice(["linear", "knn", "finetune", "segmentation"]))
+@click.argument("evaluation", type=click.Choice(["linear", "knn", "seg_linear", "finetune", "segmentation"]))
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True),
               help="A run directory or checkpoint file to evaluate.")
 @click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random "

@@ -100,7 +100,8 @@ class RunConfig:
     teacher_amp: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 200
     log_every: int = 10
-    evals: tuple[str, ...] = ("linear", "knn", "finetune", "segmentation")  # run after pre-training
+    # run after pre-training (seg_linear: the world's frozen per-patch probe, not a paper protocol)
+    evals: tuple[str, ...] = ("linear", "knn", "seg_linear", "finetune", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ PRESETS: dict[str, dict] = {
         "optim": {"batch_size": 2048, "steps": None, "epochs": 300, "lr": 1.5e-3,
                   "lr_base_batch": 2048, "min_lr": 1e-5, "warmup_steps": None, "warmup_epochs": 10,
                   "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
-        "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50},
+        "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50,
+                "evals": ("linear", "knn", "finetune", "segmentation")},
         "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None}},
         # MAE's linear probe (docs/protocols.md)
         "linear": {"protocol": "mae", "optimizer": "lars", "pooling": "cls", "block": -1,
@@ -488,7 +490,7 @@ def check_values(config: Config) -> None:
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, not {value}.")
-    if "segmentation" in config.run.evals:
+    if {"segmentation", "seg_linear"} & set(config.run.evals):
         from mimbench.evals.segmentation import check_label_maps
 
         check_label_maps(config)
