@@ -1,4 +1,6 @@
-"""Export a student as a timm model folder: config.json + model.safetensors, MIM head dropped.
+"""Export a student as a timm model folder: config.json + model.safetensors, MIM head dropped,
+and a README.md model card in the layout timm's push_to_hf_hub writes (its generate_readme),
+so the folder can be uploaded to the Hugging Face hub as it is.
 
 `timm.create_model("local-dir:DIR", pretrained=True)` then loads it strictly, so detection
 and segmentation codebases take it as any timm backbone.
@@ -6,10 +8,14 @@ and segmentation codebases take it as any timm backbone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
 from timm.models import save_for_hf
+from timm.models._hub import generate_readme
 
+from mimbench import __version__
 from mimbench import config as cfg
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD
 from mimbench.errors import MimbenchError
@@ -34,4 +40,61 @@ def export(source: str | Path, out: str | Path) -> Path:
                 model_args=model_args, safe_serialization=True,
                 data_config={"mean": STUDENT_MEAN, "std": STUDENT_STD,
                              "input_size": (3, student.img_size, student.img_size)})
+    results_file = source / "results.json" if source.is_dir() else None
+    results = json.loads(results_file.read_text()) if results_file and results_file.exists() else {}
+    (out / "README.md").write_text(model_card(encoder, state, results, out.name))
     return out
+
+
+def model_card(encoder, state: dict, results: dict, name: str) -> str:
+    """The exported student's README.md: architecture, target and teacher, pre-training budget,
+    every evaluation's result with its protocol card, the mimbench version and the config."""
+    config = state["config"]
+    student, mask = config["student"], config["mask"]
+    target = {k: v for k, v in config["target"].items() if v not in (None, {}, [])}
+    pre = results.get("pretrain", {})
+    budget = (f"{pre['steps']} steps x {pre['effective_batch']} images, peak lr {pre['peak_lr']:.3g}"
+              if pre else f"{state['step']} steps (run results not found beside the checkpoint)")
+    card = {
+        "license": "unknown", "tags": ["image-feature-extraction", "timm", "mimbench",
+                                       "masked-image-modeling"],
+        "description": f"A ViT pre-trained by masked image modeling with mimbench {__version__}: "
+                       f"masked patches predict the `{config['target']['name']}` target.",
+        "details": {
+            "Model Type": "Image feature backbone (no classifier head)",
+            "Architecture": f"{student['model']} shape: {student['depth']} blocks, width "
+                            f"{student['embed_dim']}, patch {student['patch_size']}",
+            "Params (M)": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2),
+            "Image size": f"{student['img_size']} x {student['img_size']}",
+            "Target": target,
+            "Masking": f"{mask['kind']}, " + (f"{mask['num_masked']} patches" if mask["num_masked"]
+                                              else f"ratio {mask['ratio']}"),
+            "Pre-training": budget,
+            "Pretrain Dataset": config["data"]["name"],
+        },
+        "usage": USAGE,
+    }
+    lines = [generate_readme(card, name, task_name="image-feature-extraction")]
+    evals = results.get("evals", {})
+    if evals:
+        lines += ["## Evaluations (mimbench protocols)", "", "| evaluation | metric | value |",
+                  "|---|---|---|"]
+        lines += [f"| {evaluation} | {metric} | {value:.2f} |" for evaluation, result in evals.items()
+                  for metric, value in result.items() if isinstance(value, float)]
+        for evaluation, result in evals.items():
+            lines += ["", f"### Protocol card: {evaluation}", "", "```json",
+                      json.dumps(result["card"], indent=2, default=str), "```"]
+    else:
+        lines += ["## Evaluations", "", "None were recorded beside this checkpoint."]
+    lines += ["", f"## Config (mimbench {__version__})", "", "```yaml",
+              yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+USAGE = """```python
+import timm
+
+model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)
+features = model.forward_features(images)  # [B, 1 + N, D]
+```
+"""

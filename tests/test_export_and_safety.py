@@ -28,7 +28,7 @@ def test_exported_student_loads_strictly_in_timm_with_equal_features(trained_run
     out = tmp_path / "exported"
     result = run_cli("export", trained_run.path, "--out", out)
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # strict by default
 
     state = checkpoint.load(trained_run.checkpoint)
@@ -44,6 +44,32 @@ def test_exported_student_loads_strictly_in_timm_with_equal_features(trained_run
     saved = json.loads((out / "config.json").read_text())
     assert saved["model_args"]["embed_dim"] == config.student.embed_dim
     assert saved["pretrained_cfg"]["tag"] == "mimbench-pixels-step4"
+
+
+def test_export_writes_a_model_card_with_the_runs_results(tmp_path):
+    """README.md in timm's hub layout: front matter, the target, the budget, each evaluation's
+    number (as results.json has it) and protocol card, the version and the full config."""
+    import yaml
+
+    from mimbench import __version__
+    from mimbench.evals import run_evals
+
+    run = RunDir(tmp_path / "run")
+    config = cfg.resolve("smoke", target="pixels", overrides=SMOKE)
+    pretrain(config, run)
+    results = run_evals(["linear"], config, str(run.path), run.path)
+    out = tmp_path / "exported"
+    assert run_cli("export", run.path, "--out", out).returncode == 0
+    card = (out / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert yaml.safe_load(front)["library_name"] == "timm"
+    top1 = results["evals"]["linear_probe"]["top1"]
+    assert f"| linear_probe | top1 | {top1:.2f} |" in body
+    assert "### Protocol card: linear_probe" in body and '"protocol": "lbfgs"' in body
+    assert "`pixels` target" in body and f"mimbench {__version__}" in body
+    assert f"{config.optim.steps} steps x {config.optim.batch_size} images" in body
+    saved = yaml.safe_load(body.split("```yaml\n")[1].split("```")[0])
+    assert saved == cfg.to_dict(config) | {"run": saved["run"]} and saved["target"]["name"] == "pixels"
 
 
 def test_exported_folder_is_evaluated_like_a_checkpoint(trained_run, tmp_path):
