@@ -23,8 +23,8 @@ TARGET = "target:"  # a source naming a target: its own network is evaluated (ev
 
 def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
     """Run evaluations `names` on `source` (run dir, checkpoint, timm:<name>, or target:<name>
-    for a feature target's own network: frozen in the probes, trained by the others); merge their results into out/results.json
-    and return that file's content."""
+    for a feature target's own network: frozen in the probes, trained by the others); merge
+    their results into out/results.json and return that file's content."""
     from mimbench.engine import RunDir
 
     unknown = [n for n in names if n not in RESULT_NAMES]

@@ -140,8 +140,8 @@ def check_label_maps(config) -> None:
     factory = DATASETS.get(config.eval_data.name).factory
     if "labels" not in inspect.signature(factory).parameters:
         raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
-                          f"does not have; use the world or segmentation.dataset=ade20k with "
-                          f"segmentation.root.")
+                          f"does not have; drop segmentation and seg_linear from run.evals, or "
+                          f"use the world or segmentation.dataset=ade20k with segmentation.root.")
 
 
 def segmentation_data(config, split: str):
