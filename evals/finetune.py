@@ -37,7 +37,8 @@ class Classifier(nn.Module):
 
 def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int, seed: int,
                      progress=None, task: str = "fine-tuning",
-                     device: torch.device = torch.device("cpu")) -> tuple[Classifier, list[float]]:
+                     device: torch.device = torch.device("cpu"),
+                     amp: str = "none") -> tuple[Classifier, list[float]]:
     """Train `encoder` with a new head on (image, label) pairs by the recipe `cfg` (a
     FinetuneConfig); returns the classifier in eval mode and the loss per step."""
     classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
@@ -68,7 +69,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
         return F.cross_entropy(m(x), y, label_smoothing=cfg.label_smoothing)
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, steps, cfg.lr, warmup,
-                   "cosine", progress=progress, task=task)
+                   "cosine", progress=progress, task=task, amp=amp)
     return model, losses
 
 
@@ -90,7 +91,8 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
-                                     progress, device=resolve_device(config.run.device))
+                                     progress, device=resolve_device(config.run.device),
+                                     amp=config.optim.amp)
     classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
             "warmup_steps_run": warmup, "model": source, "classes": classes,

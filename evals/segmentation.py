@@ -229,7 +229,8 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
             cfg.aux_weight * F.cross_entropy(aux, y, ignore_index=IGNORE)
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, cfg.steps, cfg.lr,
-                   cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation")
+                   cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation",
+                   amp=config.optim.amp)
     preds, labels = [], []
     window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
     for start in range(0, len(val_set), window):

@@ -61,17 +61,23 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, power: float = 1.0)
 
 def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Callable, steps: int,
           lr: float, warmup: int, schedule: str = "cosine", power: float = 1.0,
-          progress=None, task: str = "training") -> list[float]:
-    """Run `steps` AdamW steps of loss_fn(model, batch); returns the loss per step."""
+          progress=None, task: str = "training", amp: str = "none") -> list[float]:
+    """Run `steps` AdamW steps of loss_fn(model, batch), under bf16 autocast when `amp` is
+    "bf16" (the paper preset's optim.amp); returns the loss per step."""
+    from mimbench.engine import autocast
+
     optimizer = adamw(groups, lr=lr)
     device = next(model.parameters()).device  # batches come as CPU tensors and go where the model is
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     model.train()
     losses = []
     for step in range(steps):
         factor = lr_factor(step, steps, warmup, schedule, power)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor * group["lr_scale"]
-        loss = loss_fn(model, [t.to(device, non_blocking=True) for t in next(batches)])
+        batch = [(t.pin_memory() if pin else t).to(device, non_blocking=True) for t in next(batches)]
+        with autocast(device, amp):
+            loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,7 +33,8 @@ def _train_supervised(config: cfg.Config, run: RunDir, progress) -> dict:
     encoder = build_encoder(config.student)
     _, losses = train_classifier(encoder, images, recipe, config.student.img_size,
                                  plan["total_steps"], plan["warmup_steps"], config.run.seed,
-                                 progress, task="supervised", device=resolve_device(config.run.device))
+                                 progress, task="supervised", device=resolve_device(config.run.device),
+                                 amp=config.optim.amp)
     run.begin(config)
     checkpoint.save_atomic({"step": plan["total_steps"], "config": cfg.to_dict(config),
                             "student": student_weights(encoder)}, run.checkpoint)

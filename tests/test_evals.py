@@ -131,3 +131,24 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model():
     whole = predict(Pointwise(), images, None, None, 6)
     slid = predict(Pointwise(), images, 8, 5, 6)
     assert torch.allclose(whole, slid, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
+def test_fine_tuning_follows_the_presets_autocast(amp, dtype):
+    """optim.amp=bf16 (the paper preset) runs the fine-tuning steps under bf16 autocast; the
+    head's output dtype, seen by a hook, says which."""
+    from mimbench.evals import finetune as ft
+    from mimbench.student import build_encoder
+
+    config = cfg.resolve("smoke", overrides=(f"optim.amp={amp}", "finetune.steps=2"))
+    seen = []
+    original = ft.Classifier.__init__
+
+    def spy(self, encoder, classes):
+        original(self, encoder, classes)
+        self.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft.Classifier, "__init__", spy)
+        ft.finetune(build_encoder(config.student), config, "test")
+    assert seen and set(seen) == {dtype}
