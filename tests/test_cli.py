@@ -35,7 +35,7 @@ def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     assert results["pretrain"]["final_loss"] == pytest.approx(rows[-1]["loss"])
     assert results["target"]["grid"] == [4, 4]
     evals = results["evals"]
-    assert set(evals) == {"linear_probe", "knn", "finetune", "segmentation"}
+    assert set(evals) == {"linear_probe", "knn", "segmentation_linear", "finetune", "segmentation"}
     assert evals["knn"]["card"]["features"] == evals["linear_probe"]["card"]["features"]  # one extraction
     seg = evals["segmentation"]
     assert len(seg["per_class_iou"]) == 9 and seg["card"]["headline"] == "mIoU_objects"
