@@ -211,3 +211,13 @@ def test_a_broken_plugin_is_named_not_blamed_on_training(broken_plugin, tmp_path
     message = result.stderr.strip().splitlines()[-1]
     assert f"target '{name}' (package 'mimbench-broken')" in message and rule in message, message
     assert "lower optim.lr" not in message
+
+
+def test_plugin_options_are_converted_or_refused_by_their_annotations(installed_plugin, tmp_path):
+    """HOG's `bins: int`: 'abc' is one sentence naming the type, before anything is written."""
+    out = tmp_path / "run"
+    result = run_cli("run", "--target", "hog", "--preset", "smoke", "--set", "target.bins=abc",
+                     "--out", out, env=installed_plugin)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'target.bins' must be an integer, not 'abc'" in result.stderr.strip().splitlines()[-1]
+    assert not out.exists()
