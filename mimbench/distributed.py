@@ -57,6 +57,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name} but no GPU is visible here; use run.device=auto "
                           f"(the GPU where there is one) or cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"run.device={name} but this machine has {torch.cuda.device_count()} "
+                          f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return device
 
 

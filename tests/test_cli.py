@@ -306,3 +306,15 @@ def test_eval_of_a_run_uses_its_config_and_keeps_its_results(cli, tmp_path):
     original = json.loads(before)["evals"]["linear_probe"]
     assert again["top1"] == original["top1"]
     assert again["card"]["train"] == original["card"]["train"]  # smoke's 256 images, not tiny's
+
+
+def test_a_gpu_index_beyond_the_machines_is_one_sentence(monkeypatch):
+    """cuda:7 where a GPU exists but not that one (simulated: one GPU visible)."""
+    from mimbench.distributed import resolve_device
+    from mimbench.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"run.device=cuda:7 but this machine has 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
