@@ -10,6 +10,7 @@ from mimbench.evals.features import student_features
 from mimbench.evals.finetune import finetune
 from mimbench.evals.knn import knn_probe
 from mimbench.evals.linear_probe import linear_probe
+from mimbench.evals.seg_probe import segmentation_probe
 from mimbench.evals.segmentation import segmentation
 
 
@@ -18,13 +19,15 @@ def tiny():
     return cfg.resolve("tiny", target="pixels")
 
 
-@pytest.mark.parametrize("name", ["linear", "knn", "finetune", "segmentation"])
+@pytest.mark.parametrize("name", ["linear", "knn", "seg_linear", "finetune", "segmentation"])
 def test_tiny_evaluation(benchmark, tiny, tmp_path, name):
     def evaluate():
         encoder, source = load_backbone("timm:random", tiny)
         if name in ("linear", "knn"):
             probe = linear_probe if name == "linear" else knn_probe
             return probe(student_features(encoder, tiny, source), tiny, tmp_path / "features")
+        if name == "seg_linear":
+            return segmentation_probe(student_features(encoder, tiny, source), tiny)
         if name == "finetune":
             return finetune(encoder, tiny, source)
         return segmentation(encoder, tiny, source)
