@@ -62,6 +62,7 @@ def target_tower(config) -> tuple[StageTower, str]:
     from mimbench.engine import build_target_for
 
     provider = build_target_for(config)
+    provider = getattr(provider, "provider", provider)  # a target resampled to the student's grid
     network = getattr(provider, "network", None)
     if not isinstance(network, open_clip.modified_resnet.ModifiedResNet):
         raise ConfigError(f"fine-tuning or segmenting target '{config.target.name}' itself needs a "

@@ -37,3 +37,13 @@ def test_segmentation_trains_the_towers_stages():
     assert result["card"]["encoder_input"] == tower.input_size
     changed = {k.split(".")[1] for k, v in tower.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"0", "1", "2", "3", "4"}  # stem and every stage trained
+
+
+def test_tower_of_a_resampled_target_layer():
+    """On the smoke teacher target.layer=1 gives an 8x8 grid, resampled to the student's 4x4;
+    the tower is still the teacher's whole network."""
+    config = cfg.resolve("smoke", target="clip", overrides=("target.layer=1",))
+    provider = build_target_for(config)
+    assert provider.provider.spec.grid == (8, 8) and provider.spec.grid == config.student.grid
+    tower, _ = target_tower(config)
+    assert len(tower.blocks) == 5 and tower.embed_dim == tower.stage_channels[-1]
