@@ -40,10 +40,18 @@ def test_segmentation_trains_the_towers_stages():
 
 
 def test_tower_of_a_resampled_target_layer():
-    """On the smoke teacher target.layer=1 gives an 8x8 grid, resampled to the student's 4x4;
-    the tower is still the teacher's whole network."""
+    """On the smoke teacher target.layer=1 gives an 8x8 grid, resampled to the student's 4x4:
+    the tower is still found behind the resampling, and its stage 1 is that target's own
+    (unresampled) feature."""
     config = cfg.resolve("smoke", target="clip", overrides=("target.layer=1",))
     provider = build_target_for(config)
     assert provider.provider.spec.grid == (8, 8) and provider.spec.grid == config.student.grid
     tower, _ = target_tower(config)
-    assert len(tower.blocks) == 5 and tower.embed_dim == tower.stage_channels[-1]
+    tower.eval()
+    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(4))]
+    size = provider.spec.input_size
+    with torch.no_grad():
+        stage1 = tower.stages(student_batch(images, size))[0]  # [4, C, 8, 8]
+    views = resize_all([uint8_tensor(im) for im in images], size, "bicubic")
+    expected = provider.provider(views.permute(0, 3, 1, 2).float() / 255)  # [4, 64, C]
+    assert torch.allclose(stage1.flatten(2).transpose(1, 2), expected, atol=1e-4)
