@@ -416,14 +416,16 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     chosen = from_file_target if same else {}
     defaults = TARGET_DEFAULTS.get(preset, {}).get(config.target.name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
-    for text in overrides:
-        config = apply(config, parse_override(text))
-    return check_options(config)
+    return with_overrides(config, overrides)
 
 
 def resolve_saved(saved: dict, overrides: tuple[str, ...] = ()) -> Config:
     """A run's saved config (config.yaml) with --set overrides on top."""
-    config = from_dict(saved)
+    return with_overrides(from_dict(saved), overrides)
+
+
+def with_overrides(config: Config, overrides: tuple[str, ...]) -> Config:
+    """--set section.key=value overrides applied in order, then every value checked."""
     for text in overrides:
         config = apply(config, parse_override(text))
     return check_options(config)
