@@ -26,7 +26,7 @@ from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_inp
 from mimbench.losses import check_loss
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
-from mimbench.student import Student
+from mimbench.student import build_student
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -57,7 +57,7 @@ def one_batch(config: Config, spec, batch_size: int):
     the same sample stream (other images each time, as in training: no warm caches)."""
     images = build_dataset(config.data.name, **config.data.options)
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
-                     build_masking(config.mask, config.student.grid), config.data.crop_scale,
+                     build_masking(config.mask, config.student), config.data.crop_scale,
                      config.data.hflip, config.data.color_jitter)
     dataset = MIMDataset(images, views, config.run.seed)
     stream = iter(StreamSampler(len(images), config.run.seed))
@@ -125,7 +125,7 @@ def prepare(config: Config, batch_size: int | None = None) -> StepParts:
     b = batch_size or config.optim.batch_size
     batch, make_batch = one_batch(config, spec, b)
     batch = {k: v.to(device) for k, v in batch.items()}
-    student = Student(config.student, spec).to(device)
+    student = build_student(config.student, spec).to(device)
     optimizer = engine.build_optimizer(student, config)
 
     def ours():
@@ -136,7 +136,7 @@ def prepare(config: Config, batch_size: int | None = None) -> StepParts:
         optimizer.zero_grad(set_to_none=True)
 
     bare = BareReference(config, provider, spec, loss, device)
-    masker = build_masking(config.mask, config.student.grid)
+    masker = build_masking(config.mask, config.student)
     g = torch.Generator().manual_seed(0)
     with FlopCounterMode(display=False) as counter:
         ours()

@@ -35,6 +35,12 @@ class StudentConfig:
     # learns twice as much with it: docs/results/search_recipe); learn: timm's learned table
     pos_embed: Literal["learn", "sincos"] = "sincos"
     extra: dict = field(default_factory=dict)  # more timm kwargs, e.g. use_shared_rel_pos_bias
+    # beit: every patch enters the encoder, masked ones as a mask token (BEiT, MVP);
+    # mae: the encoder sees the visible patches only, a light decoder predicts the masked ones
+    style: Literal["beit", "mae"] = "beit"
+    decoder_depth: int = 2  # mae only (MAE at ViT-B: 8 blocks of 512 wide, 16 heads)
+    decoder_dim: int = 64
+    decoder_heads: int = 2
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -224,6 +230,7 @@ PRESETS: dict[str, dict] = {
         "student": {"model": "beit_base_patch16_224", "img_size": 224, "patch_size": 16,
                     "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1,
                     "layer_scale": 0.1, "pos_embed": "learn",
+                    "decoder_depth": 8, "decoder_dim": 512, "decoder_heads": 16,
                     "extra": {"use_abs_pos_emb": False, "use_rel_pos_bias": False,
                               "use_shared_rel_pos_bias": True}},
         "mask": {"kind": "block", "num_masked": 75, "min_block": 16, "min_aspect": 0.3},
@@ -416,7 +423,26 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     chosen = from_file_target if same else {}
     defaults = TARGET_DEFAULTS.get(preset, {}).get(config.target.name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
-    return with_overrides(config, overrides)
+    config = with_overrides(config, overrides)
+    chosen = set(from_file.get("mask") or {})  # the mask keys the user set
+    chosen |= {key for o in overrides for section, keys in parse_override(o).items()
+               if section == "mask" for key in keys}
+    return with_style_masking(config, chosen)
+
+
+# Per student style: the masking it is trained with unless the file or --set chose one.
+# mae: MAE's 75 % of patches, uniformly at random.
+STYLE_MASKING = {"mae": {"kind": "random", "ratio": 0.75, "num_masked": None}}
+
+
+def with_style_masking(config: Config, chosen: set[str]) -> Config:
+    """`config` with its style's masking for every mask key not in `chosen` (those the user set)."""
+    masking = STYLE_MASKING.get(config.student.style)
+    if masking is None:
+        return config
+    config = apply(config, {"mask": {k: v for k, v in masking.items() if k not in chosen}})
+    check_values(config)
+    return config
 
 
 def resolve_saved(saved: dict, overrides: tuple[str, ...] = ()) -> Config:
@@ -480,8 +506,15 @@ def check_values(config: Config) -> None:
     if m.num_masked is None and not 0 < m.ratio < 1:
         raise ConfigError(f"mask.ratio must lie strictly between 0 and 1, not {m.ratio}.")
     if not 0 < m.count(s.grid) < cells:
+        visible = " (student.style=mae encodes the visible patches only)" if s.style == "mae" else ""
         raise ConfigError(f"the mask covers {m.count(s.grid)} of the student's {cells} patches; "
-                          f"mask at least 1 and fewer than {cells} (mask.ratio or mask.num_masked).")
+                          f"mask at least 1 and fewer than {cells} (mask.ratio or "
+                          f"mask.num_masked){visible}.")
+    if s.style == "mae" and (s.decoder_depth < 1 or s.decoder_heads < 1
+                             or s.decoder_dim % s.decoder_heads):
+        raise ConfigError(f"the mae decoder needs at least one block and student.decoder_dim "
+                          f"divisible by student.decoder_heads, not depth {s.decoder_depth}, "
+                          f"width {s.decoder_dim}, {s.decoder_heads} heads.")
     positive = {"optim.batch_size": o.batch_size, "optim.accum_steps": o.accum_steps,
                 "optim.steps": o.steps, "optim.epochs": o.epochs, "optim.lr": o.lr,
                 "finetune.steps": config.finetune.steps, "finetune.batch_size": config.finetune.batch_size,

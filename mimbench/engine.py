@@ -27,7 +27,7 @@ from mimbench.errors import ConfigError, Interrupted, MimbenchError, TrainingDiv
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
-from mimbench.student import Student, no_weight_decay_names
+from mimbench.student import build_student, no_weight_decay_names
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
 from mimbench.target_grid import ResampledFeatures, check_grid
 from mimbench.targets import TARGETS
@@ -221,7 +221,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                f"process(es) x {accum} accumulation step(s); peak lr {plan['peak_lr']:.3g}")
 
     torch.manual_seed(config.run.seed)
-    student = Student(config.student, spec).to(device)
+    student = build_student(config.student, spec).to(device)
     optimizer = build_optimizer(student, config)
     if state:
         student.load_state_dict(state["student"])
@@ -237,7 +237,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
     model = DistributedDataParallel(student) if world.distributed else student
 
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
-                     build_masking(config.mask, config.student.grid), config.data.crop_scale,
+                     build_masking(config.mask, config.student), config.data.crop_scale,
                      config.data.hflip, config.data.color_jitter)
     sampler = StreamSampler(len(images), config.run.seed, start=start * plan["effective_batch"],
                             rank=world.rank, world_size=world.size)

@@ -25,12 +25,14 @@ class BlockMasking:
     Per block: up to 10 tries of area ~ U[min_block, remaining], aspect ratio log-uniform in
     [min_aspect, 1/min_aspect]; a block must fit strictly inside the grid and add between 1 and
     `remaining` new patches. Stops early when a block cannot be placed; never masks more than
-    `num_masked`.
+    `num_masked`. With `exact`, patches chosen uniformly among the unmasked ones then bring
+    every mask to exactly `num_masked` (the mae student needs one visible count per batch).
     """
 
-    def __init__(self, grid=(14, 14), num_masked=75, min_block=16, min_aspect=0.3):
+    def __init__(self, grid=(14, 14), num_masked=75, min_block=16, min_aspect=0.3, exact=False):
         self.height, self.width = grid
         self.num_masked = num_masked
+        self.exact = exact
         self.min_block = min_block
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
         if not 0 <= num_masked <= self.height * self.width:
@@ -70,8 +72,14 @@ class BlockMasking:
         return None, 0
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        covered, _ = self._sample(_python_rng(generator))
-        return torch.from_numpy(np.array(covered, dtype=bool))  # [H, W]; one conversion, no per-block writes
+        rng = _python_rng(generator)
+        covered, _ = self._sample(rng)
+        mask = np.array(covered, dtype=bool)  # [H, W]; one conversion, no per-block writes
+        short = self.num_masked - int(mask.sum())
+        if self.exact and short:
+            free = np.flatnonzero(~mask)
+            mask.flat[rng.sample(list(free), short)] = True
+        return torch.from_numpy(mask)
 
 
 class RandomMasking:
@@ -91,9 +99,11 @@ class RandomMasking:
         return mask.view(self.grid)  # [H, W]
 
 
-def build_masking(config, grid: tuple[int, int]):
-    """The masker a MaskConfig describes, for a student grid."""
+def build_masking(config, student):
+    """The masker a MaskConfig describes, for a StudentConfig's grid and style."""
+    grid = student.grid
     count = config.count(grid)
     if config.kind == "block":
-        return BlockMasking(grid, count, config.min_block, config.min_aspect)
+        return BlockMasking(grid, count, config.min_block, config.min_aspect,
+                            exact=student.style == "mae")
     return RandomMasking(grid, count)

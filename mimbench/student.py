@@ -1,4 +1,8 @@
-"""The student: a timm ViT (or BEiT) with a mask token and a head shaped by the target's spec."""
+"""The student: a timm ViT (or BEiT) encoder and a head shaped by the target's spec, in one of
+two styles. beit: every patch enters the encoder, masked ones replaced by a mask token (BEiT,
+MVP). mae: the encoder sees the visible patches only and a light decoder, given mask tokens at
+the masked positions, predicts them (MAE). Both return predictions for every position; the
+loss reads the masked ones."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import timm
 import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.beit import Beit
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from mimbench import checkpoint
@@ -75,6 +80,18 @@ def trained_encoder(source: Path) -> tuple[nn.Module, dict]:
     return encoder, state
 
 
+def build_student(config: StudentConfig, spec: TargetSpec) -> nn.Module:
+    """The student of `config.style`: Student (beit) or MaeStudent (mae)."""
+    return MaeStudent(config, spec) if config.style == "mae" else Student(config, spec)
+
+
+def linear_head(width: int, dim: int) -> nn.Linear:
+    head = nn.Linear(width, dim)  # regressor (features) or classifier (tokens)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class Student(nn.Module):
     """encoder(patches with masked ones replaced by the mask token) -> head -> [B, N, dim]."""
 
@@ -86,9 +103,7 @@ class Student(nn.Module):
         width = self.encoder.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.head = nn.Linear(width, spec.dim)  # regressor (features) or classifier (tokens)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = linear_head(width, spec.dim)
 
     def tokens(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """images [B, 3, S, S], mask [B, N] bool -> final normed patch tokens [B, N, width]."""
@@ -114,6 +129,59 @@ class Student(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor) -> Tensor:
         return self.head(self.tokens(images, mask))  # [B, N, dim]
+
+
+class MaeStudent(nn.Module):
+    """encoder(visible patches) -> decoder(encoded visible + mask tokens) -> head -> [B, N, dim].
+
+    The encoder is the same timm ViT as a beit student's (same names, so export and the
+    evaluations read it alike); the decoder has its own fixed 2-D sin-cos position embedding."""
+
+    def __init__(self, config: StudentConfig, spec: TargetSpec):
+        super().__init__()
+        self.encoder = build_encoder(config)
+        if not isinstance(self.encoder, VisionTransformer) or self.encoder.pos_embed is None:
+            raise ConfigError(f"student.style=mae needs a vit_* student with an absolute position "
+                              f"embedding, not '{config.model}'.")
+        if config.pos_embed == "sincos":
+            self.encoder.pos_embed.requires_grad_(False)
+        dim = config.decoder_dim
+        self.decoder_embed = nn.Linear(self.encoder.embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        pos = build_sincos2d_pos_embed(list(config.grid), dim)[None]  # [1, N, dim]
+        self.register_buffer("decoder_pos_embed", pos, persistent=False)
+        self.decoder = nn.Sequential(*[Block(dim, config.decoder_heads, qkv_bias=True)
+                                       for _ in range(config.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.head = linear_head(dim, spec.dim)
+
+    def encode_visible(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B, 3, S, S], mask [B, N] bool with the same count per row -> the encoder's
+        normed tokens [B, prefix + V, width] (V visible patches, in patch order) and their
+        patch indices [B, V]."""
+        enc = self.encoder
+        x = enc._pos_embed(enc.patch_embed(images))  # [B, prefix + N, width], positions added
+        prefix = enc.num_prefix_tokens
+        b, n = mask.shape
+        visible = (~mask).sum(1)
+        if (visible != visible[0]).any():
+            raise ValueError("an mae batch needs the same number of masked patches in every image")
+        index = (~mask).nonzero()[:, 1].view(b, -1)  # [B, V], ascending per row
+        patches = x[:, prefix:].gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :prefix], patches], 1)  # [B, prefix + V, width]
+        return enc.norm(enc.blocks(enc.norm_pre(x))), index
+
+    def forward(self, images: Tensor, mask: Tensor) -> Tensor:
+        tokens, index = self.encode_visible(images, mask)
+        x = self.decoder_embed(tokens)  # [B, prefix + V, dim]
+        prefix = self.encoder.num_prefix_tokens
+        b, n = mask.shape
+        full = self.mask_token.to(x.dtype).expand(b, n, -1)  # [B, N, dim]
+        full = full.scatter(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x[:, prefix:])
+        x = torch.cat([x[:, :prefix], full + self.decoder_pos_embed.to(x.dtype)], 1)
+        x = self.decoder_norm(self.decoder(x))
+        return self.head(x[:, prefix:])  # [B, N, spec.dim]
 
 
 def no_weight_decay_names(student: nn.Module) -> set[str]:

@@ -15,7 +15,7 @@ from mimbench.data import DATASETS, build_dataset
 from mimbench.engine import schedule
 from mimbench.errors import MimbenchError
 from mimbench.masking import build_masking
-from mimbench.student import Student
+from mimbench.student import build_student
 from mimbench.suites.schema import RunSpec
 from mimbench.targets.base import TargetSpec
 
@@ -26,16 +26,19 @@ GPU = {"name": "A100 (bf16 dense 312 TFLOP/s at 40 % utilisation)", "flops": 312
 def _student_step(student_cfg, mask_cfg, batch: int, device: str = "cpu"):
     """A student, a batch and a mask: one pre-training step's inputs at that shape."""
     with torch.device(device):
-        student = Student(student_cfg, TargetSpec("features", 512, student_cfg.grid, student_cfg.img_size))
+        student = build_student(student_cfg, TargetSpec("features", 512, student_cfg.grid, student_cfg.img_size))
         images = torch.randn(batch, 3, student_cfg.img_size, student_cfg.img_size)
-    mask = build_masking(mask_cfg, student_cfg.grid)(torch.Generator().manual_seed(0)).flatten()[None]
+    mask = build_masking(mask_cfg, student_cfg)(torch.Generator().manual_seed(0)).flatten()[None]
     return student, images, mask.expand(batch, -1).to(device)
 
 
 def step_flops_per_image(spec: RunSpec) -> float:
     """Forward + backward FLOPs of the student for one image (the MIM head included), counted
-    on the meta device: shapes only, no arithmetic, so ViT-B/16 counts in a fraction of a second."""
-    student, images, mask = _student_step(spec.config.student, spec.config.mask, 1, "meta")
+    on the meta device: shapes only, no arithmetic, so ViT-B/16 counts in a fraction of a second.
+    An mae student picks its visible patches from the mask's values, which the meta device does
+    not hold: it counts on the CPU (about a second at ViT-B/16)."""
+    device = "cpu" if spec.config.student.style == "mae" else "meta"
+    student, images, mask = _student_step(spec.config.student, spec.config.mask, 1, device)
     with FlopCounterMode(display=False) as counter:
         student(images, mask).square().mean().backward()
     return float(counter.get_total_flops())

@@ -14,7 +14,7 @@ from mimbench import config as cfg
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMViews, sample_generator, student_input, teacher_input
 from mimbench.masking import build_masking
-from mimbench.student import Student
+from mimbench.student import build_student
 
 
 def to_rgb(values: torch.Tensor, tokens: bool, frame: tuple | None = None):
@@ -38,13 +38,13 @@ def example(folder: Path, index: int = 0) -> dict:
     config = cfg.from_dict(state["config"])
     provider = engine.build_target_for(config)
     spec = provider.spec
-    student = Student(config.student, spec)
+    student = build_student(config.student, spec)
     student.load_state_dict(state["student"])
     student.eval()
     data = build_dataset(config.eval_data.name, **{**config.eval_data.val, "labels": "mask"})
     image, label = data[index]
     views = MIMViews(config.student.img_size, spec.input_size, spec.interpolation,
-                     build_masking(config.mask, config.student.grid))
+                     build_masking(config.mask, config.student))
     v = views.collate([views(image, sample_generator(config.run.seed, 0, index))])  # a batch of 1
     target = provider(teacher_input(v["teacher"]))[0].clone()  # [N, D] or [N]
     pred = student(student_input(v["student"]), v["mask"])[0]  # [N, dim]

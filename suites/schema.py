@@ -93,9 +93,9 @@ class Suite:
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
                                    SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
                     config = cfg.resolve(self.preset, target=base_target)
-                    config = cfg.apply(config, nested({**self.set, **point, "run.seed": seed,
-                                                       "run.evals": self.evals}))
-                    config = cfg.check_options(config)
+                    chosen = nested({**self.set, **point, "run.seed": seed, "run.evals": self.evals})
+                    config = cfg.check_options(cfg.apply(config, chosen))
+                    config = cfg.with_style_masking(config, set(chosen.get("mask", {})))
                     label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
                     runs.append(RunSpec(run_id, target, seed, point, config))

@@ -86,6 +86,11 @@ def _fails_cleanly(result, *words):
     (["--set", "data.name=folder", "--set", "data.root=/no/such/folder"], ["/no/such/folder", "does not exist"]),
     (["--config", "missing.yaml"], ["missing.yaml"]),
     (["--set", "run.device=gpu"], ["run.device='gpu' is not a torch device"]),
+    (["--set", "student.style=maee"], ["'student.style' must be one of", "did you mean 'mae'"]),
+    (["--set", "student.style=mae", "--set", "student.decoder_dim=30", "--set", "student.decoder_heads=4"],
+     ["student.decoder_dim divisible by student.decoder_heads", "width 30, 4 heads"]),
+    (["--set", "student.style=mae", "--set", "mask.ratio=0.999"],
+     ["covers 16 of the student's 16 patches", "encodes the visible patches only"]),
     *([(["--set", "run.device=cuda"], ["no GPU is visible"])] if not torch.cuda.is_available() else []),
 ])
 def test_bad_inputs_fail_with_one_sentence(tmp_path, monkeypatch, args, words):

@@ -85,3 +85,20 @@ def test_a_saved_config_remembers_its_preset():
     config = cfg.resolve("paper", target="clip")
     assert cfg.from_dict(cfg.to_dict(config)).run.preset == "paper"
     assert cfg.resolve("smoke").run.preset == "smoke"
+
+
+def test_mae_style_masks_75_percent_at_random_unless_the_user_chose(tmp_path):
+    c = cfg.resolve("tiny", target="pixels")
+    assert (c.student.style, c.mask.kind, c.mask.ratio) == ("beit", "block", 0.45)
+    c = cfg.resolve("tiny", target="pixels", overrides=("student.style=mae",))
+    assert (c.mask.kind, c.mask.ratio, c.mask.count(c.student.grid)) == ("random", 0.75, 48)
+    c = cfg.resolve("tiny", target="pixels", overrides=("student.style=mae", "mask.kind=block"))
+    assert (c.mask.kind, c.mask.ratio) == ("block", 0.75)
+    (tmp_path / "mine.yaml").write_text("student: {style: mae}\nmask: {ratio: 0.6}\n")
+    c = cfg.resolve("tiny", config_file=tmp_path / "mine.yaml", target="pixels")
+    assert (c.mask.kind, c.mask.ratio) == ("random", 0.6)
+    paper = cfg.resolve("paper", target="pixels", overrides=(
+        "student.style=mae", "student.model=vit_base_patch16_224", "student.extra={}"))
+    assert paper.mask.num_masked is None and paper.mask.count(paper.student.grid) == 147  # of 196
+    s = paper.student
+    assert (s.decoder_depth, s.decoder_dim, s.decoder_heads) == (8, 512, 16)  # MAE's decoder

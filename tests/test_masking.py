@@ -112,3 +112,16 @@ def test_masking_rejects_impossible_counts():
         BlockMasking(grid=(4, 4), num_masked=17)
     with pytest.raises(ValueError):
         RandomMasking(grid=(4, 4), num_masked=-1)
+
+
+def test_block_masking_for_mae_masks_exactly_the_count():
+    """Blockwise masks may stop short of the count; for the mae style random patches top them
+    up, so every mask of a batch leaves the same number of patches visible."""
+    loose = BlockMasking((8, 8), 48, min_block=4)
+    exact = BlockMasking((8, 8), 48, min_block=4, exact=True)
+    counts = [int(loose(torch.Generator().manual_seed(s)).sum()) for s in range(200)]
+    assert min(counts) < 48  # the short masks this guards against occur
+    for s in range(200):
+        mask = exact(torch.Generator().manual_seed(s))
+        assert int(mask.sum()) == 48
+        assert (mask | ~loose(torch.Generator().manual_seed(s))).all()  # the blocks are kept

@@ -1,6 +1,7 @@
 """The plugin API: registration, the contract checker, and the example plugin installed for real."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -47,6 +48,19 @@ BUILT_IN = [e.name for e in TARGETS.entries() if e.source == "built-in"]  # not 
 def test_every_built_in_target_keeps_the_contract(name, small_options):
     provider = build_target(name, **small_options.get(name, {}))
     check_target_provider(provider, name=name)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_target_pre_trains_an_mae_student(name, small_options, tmp_path):
+    """The target contract is all a style needs: each target, unchanged, under the mae student."""
+    from mimbench import config as cfg
+    from mimbench.engine import RunDir, pretrain
+
+    config = cfg.resolve("smoke", target=name, overrides=("student.style=mae", "optim.steps=2"))
+    config = cfg.check_options(cfg.apply(config, {"target": small_options.get(name, {})}))
+    results = pretrain(config, RunDir(tmp_path / "run"))
+    assert results["pretrain"]["steps"] == 2 and math.isfinite(results["pretrain"]["final_loss"])
+    assert config.mask.kind == "random" and results["config"]["student"]["style"] == "mae"
 
 
 class GoodTarget:
@@ -141,6 +155,9 @@ def test_example_plugin_lists_and_runs(installed_plugin, tmp_path):
     result = run_cli("run", "--target", "hog", "--preset", "smoke", "--out", out, env=installed_plugin)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "results.json").read_text())["target"]["dim"] == 36
+    result = run_cli("pretrain", "--target", "hog", "--preset", "smoke", "--set", "student.style=mae",
+                     "--out", tmp_path / "mae", env=installed_plugin)
+    assert result.returncode == 0, result.stderr
 
 
 def test_listing_does_not_import_plugins(installed_plugin):

@@ -67,3 +67,74 @@ def test_sincos_position_embedding_is_maes_and_fixed_while_pre_training():
         assert torch.allclose(table[1 + index], torch.tensor(expected), atol=1e-6)
     assert not student.encoder.pos_embed.requires_grad
     assert "encoder.pos_embed" not in {n for n, p in student.named_parameters() if p.requires_grad}
+
+
+MAE = StudentConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, style="mae",
+                    decoder_depth=1, decoder_dim=16, decoder_heads=2)
+
+
+def test_mae_encoder_never_sees_a_masked_patch():
+    from mimbench.student import build_student
+
+    torch.manual_seed(0)
+    student = build_student(MAE, SPEC).eval()
+    images = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, [0, 3, 5, 6, 9, 12]] = True
+    mask[1, [1, 2, 7, 8, 14, 15]] = True  # the same count, other patches
+    seen = []
+    student.encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    tokens, index = student.encode_visible(images, mask)
+    assert seen == [(2, 1 + 10, 32)]  # the cls token and the 10 visible patches, nothing else
+    assert index.tolist() == [[i for i in range(16) if not mask[r, i]] for r in range(2)]
+    changed = images.clone()
+    for row in range(2):  # new pixels under every masked patch of each image
+        for patch in mask[row].nonzero().flatten().tolist():
+            top, left = 8 * (patch // 4), 8 * (patch % 4)
+            changed[row, :, top:top + 8, left:left + 8] = torch.randn(3, 8, 8)
+    assert torch.equal(student.encode_visible(changed, mask)[0], tokens)  # bitwise
+    # the visible tokens are the encoder's own computation on those patches: timm's blocks on
+    # [cls, visible patches] with their position embeddings, written out independently
+    enc = student.encoder
+    x = enc.patch_embed(images) + enc.pos_embed[:, 1:]
+    for row in range(2):
+        kept = x[row, ~mask[row]]  # [10, 32]
+        sequence = torch.cat([enc.cls_token[0] + enc.pos_embed[0, :1], kept])[None]
+        assert torch.allclose(enc.norm(enc.blocks(sequence))[0], tokens[row], atol=1e-6)
+    out = student(images, mask)
+    assert out.shape == (2, 16, 48)
+    # the decoder sees the masked positions: changing a visible patch moves masked predictions
+    visible = images.clone()
+    visible[:, :, 8:16, 16:24] += 5  # patch 6: masked in image 0, visible in image 1
+    moved = student(visible, mask)
+    assert torch.equal(moved[0], out[0]) and not torch.allclose(moved[1][mask[1]], out[1][mask[1]])
+
+
+def test_mae_student_trains_encoder_and_decoder_and_keeps_timm_names():
+    from mimbench.student import build_student
+
+    student = build_student(MAE, SPEC)
+    assert set(student.encoder.state_dict()) == set(Student(SMALL, SPEC).encoder.state_dict())
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 4:16] = True
+    student(torch.randn(2, 3, 32, 32), mask)[mask].square().mean().backward()
+    for name, param in student.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_mae_refuses_uneven_masks_and_students_without_absolute_positions():
+    from dataclasses import replace
+
+    from mimbench.errors import ConfigError
+    from mimbench.student import build_student
+
+    student = build_student(MAE, SPEC)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :4], mask[1, :5] = True, True
+    with pytest.raises(ValueError, match="same number of masked patches"):
+        student(torch.randn(2, 3, 32, 32), mask)
+    beit = replace(MAE, model="beit_base_patch16_224", pos_embed="learn",
+                   extra={"use_abs_pos_emb": False, "use_rel_pos_bias": True})
+    with pytest.raises(ConfigError, match="student.style=mae needs a vit_\\* student"):
+        build_student(beit, SPEC)

@@ -32,7 +32,7 @@ def tiny():
 def test_world_batch_of_views(benchmark, tiny):
     """One tiny-preset batch of (student view, teacher view, mask) from the cached world."""
     world = World("pretrain", length=2048)
-    views = MIMViews(tiny.student.img_size, 64, "bicubic", build_masking(tiny.mask, tiny.student.grid))
+    views = MIMViews(tiny.student.img_size, 64, "bicubic", build_masking(tiny.mask, tiny.student))
     batch = tiny.optim.batch_size
 
     def make():
