@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
+from timm.models.vision_transformer import Block
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -70,7 +71,8 @@ def one_batch(config: Config, spec, batch_size: int):
 
 class BareReference:
     """What a step must compute, written directly: teacher forward, ViT forward + backward,
-    a linear head, a masked loss, AdamW."""
+    a linear head, a masked loss, AdamW. For the mae style the ViT runs on the visible patches
+    and a decoder of timm blocks runs on visible + mask tokens before the head."""
 
     def __init__(self, config: Config, provider, spec, loss: str, device: torch.device):
         s = config.student
@@ -78,8 +80,17 @@ class BareReference:
                                      patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
                                      num_heads=s.num_heads, **s.extra)
         self.vit.to(device)
-        self.head = torch.nn.Linear(s.embed_dim, spec.dim).to(device)
+        self.mae = s.style == "mae"
+        width = s.decoder_dim if self.mae else s.embed_dim
+        self.head = torch.nn.Linear(width, spec.dim).to(device)
         params = [*self.vit.parameters(), *self.head.parameters()]
+        if self.mae:
+            self.decoder = torch.nn.Sequential(
+                torch.nn.Linear(s.embed_dim, width),
+                *[Block(width, s.decoder_heads, qkv_bias=True) for _ in range(s.decoder_depth)],
+                torch.nn.LayerNorm(width)).to(device)
+            self.mask_token = torch.zeros(1, 1, width, device=device, requires_grad=True)
+            params += [*self.decoder.parameters(), self.mask_token]
         self.optimizer = adamw(params, lr=config.optim.lr)  # the engine's AdamW
         self.provider, self.loss = provider, loss
         self.device = device
@@ -91,13 +102,26 @@ class BareReference:
         target = target.clone()
         with engine.autocast(self.device, self.amp):
             images = student_input(batch["student"])
-            tokens = self.vit.forward_features(images)[:, -batch["mask"].shape[1]:]  # [B, N, D]
+            tokens = (self.mae_tokens(images, batch["mask"]) if self.mae else
+                      self.vit.forward_features(images)[:, -batch["mask"].shape[1]:])  # [B, N, D]
             pred = self.head(tokens)[batch["mask"]].float()
         goal = target[batch["mask"]]
         loss = F.cross_entropy(pred, goal) if self.loss == "ce" else F.mse_loss(pred, goal.float())
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+    def mae_tokens(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S], [B, N] -> the decoder's tokens [B, N, decoder width]."""
+        vit, (b, n) = self.vit, mask.shape
+        x = vit.patch_embed(images) + vit.pos_embed[:, 1:]  # [B, N, D]
+        keep = (~mask).nonzero()[:, 1].view(b, -1)  # [B, V]
+        x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+        x = self.decoder[0](vit.norm(vit.blocks(torch.cat([cls, x], 1))))  # [B, 1 + V, d]
+        full = self.mask_token.expand(b, n, -1).scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), x[:, 1:])
+        return self.decoder[1:](torch.cat([x[:, :1], full], 1))[:, 1:]
 
 
 @dataclass

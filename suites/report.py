@@ -26,22 +26,50 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     return m, float(low), float(high)
 
 
-def paired_gap(rows: list[dict], a: str, b: str, metric: str) -> dict | None:
-    """a minus b over the seeds both ran (default grid point): mean, 95 % CI and p-value of a
-    paired t-test; None when fewer than one pair exists."""
-    by_seed = {t: {r["seed"]: r["metrics"][metric] for r in rows
-                   if r["target"] == t and metric in r["metrics"]} for t in (a, b)}
-    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+def by_seed(rows: list[dict], target: str, metric: str) -> dict[int, float]:
+    return {r["seed"]: r["metrics"][metric] for r in rows if r["target"] == target and metric in r["metrics"]}
+
+
+def paired(a: str, b: str, x: dict[int, float], y: dict[int, float], metric: str) -> dict | None:
+    """x minus y over the seeds both have: mean, 95 % CI and p-value of a paired t-test; None
+    when no seed is shared. a and b name x and y."""
+    seeds = sorted(set(x) & set(y))
     if not seeds:
         return None
-    x, y = np.array([by_seed[a][s] for s in seeds]), np.array([by_seed[b][s] for s in seeds])
-    gap = {"metric": metric, "a": a, "b": b, "n": len(seeds), "mean": float((x - y).mean()),
+    d = np.array([x[s] - y[s] for s in seeds])
+    gap = {"metric": metric, "a": a, "b": b, "n": len(seeds), "mean": float(d.mean()),
            "low": math.nan, "high": math.nan, "p": math.nan}
-    if len(seeds) >= 2 and np.ptp(x - y) > 0:
-        test = stats.ttest_rel(x, y)
+    if len(seeds) >= 2 and np.ptp(d) > 0:
+        test = stats.ttest_1samp(d, 0.0)
         ci = test.confidence_interval(CONFIDENCE)
         gap |= {"low": float(ci.low), "high": float(ci.high), "p": float(test.pvalue)}
     return gap
+
+
+def paired_gap(rows: list[dict], a: str, b: str, metric: str) -> dict | None:
+    """Target a minus target b over the seeds both ran (rows of one grid point)."""
+    return paired(a, b, by_seed(rows, a, metric), by_seed(rows, b, metric), metric)
+
+
+def grid_changes(rows: list[dict], targets, pairs, metric: str, base: dict, point: dict) -> list[dict]:
+    """What moving from grid point `base` to `point` does, paired by seed: to each target's
+    metric, and to each compared pair's gap (a difference of differences)."""
+    at = {json.dumps(p, sort_keys=True): [r for r in rows if r["point"] == p] for p in (base, point)}
+    here, there = at[json.dumps(point, sort_keys=True)], at[json.dumps(base, sort_keys=True)]
+    label, base_label = point_label(point), point_label(base)
+    changes = [paired(f"{t} at {label}", f"{t} at {base_label}", by_seed(here, t, metric),
+                      by_seed(there, t, metric), metric) for t in targets]
+    for a, b in pairs:
+        gaps = []
+        for rows_at in (here, there):
+            x, y = by_seed(rows_at, a, metric), by_seed(rows_at, b, metric)
+            gaps.append({s: x[s] - y[s] for s in set(x) & set(y)})
+        changes.append(paired(f"({a} - {b}) at {label}", f"({a} - {b}) at {base_label}", *gaps, metric))
+    return [c for c in changes if c]
+
+
+def point_label(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "the default"
 
 
 def describe_gap(gap: dict) -> str:
@@ -79,14 +107,27 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
     measured = {m for r in rows for m in r["metrics"]}
     metrics = [m for e in suite.evals for m in METRICS[e] if m in measured]
     lines = [f"# Suite `{suite.name}`", "", suite.description.strip(), ""]
+    points = list({json.dumps(r["point"], sort_keys=True): r["point"] for r in rows}.values())
     if suite.compare:
-        default = [r for r in rows if not r["point"] or r["point"] == rows[0]["point"]]
-        for metric in metrics:
-            for pair in suite.compare:
-                gap = paired_gap(default, *pair, metric)
-                if gap:
-                    lines.append(f"**{describe_gap(gap)}**  ")
-        lines.append("")
+        for point in points:
+            if len(points) > 1:
+                lines += [f"At {point_label(point)}:", ""]
+            at = [r for r in rows if r["point"] == point]
+            for metric in metrics:
+                for pair in suite.compare:
+                    gap = paired_gap(at, *pair, metric)
+                    if gap:
+                        lines.append(f"**{describe_gap(gap)}**  ")
+            lines.append("")
+    if len(points) > 1 and suite.compare:
+        lines += ["## What the grid changes", "",
+                  f"Each grid point against {point_label(points[0])}, paired by seed: each "
+                  f"target's own change, then the change of each compared gap.", ""]
+        for point in points[1:]:
+            for metric in metrics:
+                for change in grid_changes(rows, suite.targets, suite.compare, metric, points[0], point):
+                    lines.append(f"- {describe_gap(change)}")
+            lines.append("")
     for metric in metrics:
         lines += [f"## {metric}", "", "| target | grid point | mean +- std | 95% CI | n |",
                   "|---|---|---|---|---|"]

@@ -4,7 +4,7 @@ and expected results. Everything is checked before any run starts."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ SUPERVISED = "supervised"  # that architecture trained with labels, same budget
 TEACHER = "teacher"  # the reference: the suite's teacher target's own network (frozen in probes)
 BASELINES = (RANDOM_INIT, SUPERVISED, TEACHER)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
-        "expect", "teacher"}
+        "expect", "teacher", "teacher_set"}
 # Per evaluation, the metrics a report tables, headline first; a metric no run has is skipped
 # (mIoU_objects exists where the data has a background class: the world, not ADE20K).
 METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "finetune": ("finetune.top1",),
@@ -76,6 +76,7 @@ class Suite:
     expect: tuple[Expectation, ...]
     source: Path
     teacher: str = "clip"  # the feature target whose own features the 'teacher' row evaluates
+    teacher_set: dict = field(default_factory=dict)  # settings of the teacher row only
 
     def points(self) -> list[dict]:
         """The grid's points: the product of a mapping's value lists, or a list's own points."""
@@ -93,7 +94,8 @@ class Suite:
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
                                    SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
                     config = cfg.resolve(self.preset, target=base_target)
-                    chosen = nested({**self.set, **point, "run.seed": seed, "run.evals": self.evals})
+                    own = self.teacher_set if target == TEACHER else {}
+                    chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
                     config = cfg.check_options(cfg.apply(config, chosen))
                     config = cfg.with_style_masking(config, set(chosen.get("mask", {})))
                     label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
@@ -196,7 +198,8 @@ def load(name_or_path: str) -> Suite:
                   preset=str(data.get("preset", "tiny")), targets=tuple(targets), seeds=tuple(seeds),
                   grid=grid, set=dict(data.get("set") or {}),
                   evals=tuple(evals), compare=tuple(tuple(p) for p in pairs), expect=expect,
-                  source=path, teacher=str(data.get("teacher", "clip")))
+                  source=path, teacher=str(data.get("teacher", "clip")),
+                  teacher_set=dict(data.get("teacher_set") or {}))
     suite.runs()  # resolves every config: unknown keys and bad values fail here
     return suite
 

@@ -56,7 +56,8 @@ def test_shipped_suites_load_and_expand():
     assert set(tiny.targets) == {"clip", "dvae", "pixels", "random", "teacher"}
     teacher = next(r for r in tiny.runs() if r.target == "teacher")
     assert teacher.source == "target:clip" and teacher.config.run.evals == tiny.evals
-    assert teacher.config.target.options["layer"] == 2  # the stage the clip target regresses
+    assert teacher.config.target.options["layer"] == 3  # the teacher's best stage, its row only
+    assert next(r for r in tiny.runs() if r.target == "clip").config.target.options["layer"] == 2
     ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
     assert ratios == [0.2, 0.3, 0.4, 0.5, 0.6]
     mvp = schema.load("mvp_vitb16_300ep").runs()[0].config
@@ -93,6 +94,23 @@ def test_paired_gap_matches_a_hand_computed_t_interval():
     assert "significant" in report.describe_gap(gap)
     rows.append({"target": "c", "seed": 0, "point": {}, "metrics": {"m": 48.0}})
     assert report.ordering(rows, "m") == "Ordering by mean: a (51.33) > c (48.00) > b (46.17)."
+
+
+def test_grid_changes_pair_each_target_and_each_gap_by_seed():
+    values = {("a", "x"): [50.0, 53.0, 51.0], ("b", "x"): [45.0, 47.5, 46.0],
+              ("a", "y"): [52.0, 56.0, 52.5], ("b", "y"): [45.5, 47.0, 46.5]}
+    rows = [{"target": t, "seed": s, "point": {"style": p}, "metrics": {"m": v}}
+            for (t, p), vs in values.items() for s, v in enumerate(vs)]
+    a_change, b_change, gap_change = report.grid_changes(rows, ["a", "b"], [["a", "b"]], "m",
+                                                         {"style": "x"}, {"style": "y"})
+    d = np.array([2.0, 3.0, 1.5])  # a at y minus a at x
+    assert a_change["mean"] == pytest.approx(d.mean()) and a_change["a"] == "a at style=y"
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert (a_change["low"], a_change["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert b_change["mean"] == pytest.approx(np.mean([0.5, -0.5, 0.5]))
+    # (a - b) at y = 6.5, 9, 6; at x = 5, 5.5, 5: the gap grows by 1.5, 3.5, 1
+    assert gap_change["mean"] == pytest.approx(2.0) and gap_change["n"] == 3
+    assert gap_change["a"] == "(a - b) at style=y" and gap_change["b"] == "(a - b) at style=x"
 
 
 def last_finished(out):
@@ -231,3 +249,27 @@ def test_teacher_row_probes_the_targets_own_features(tmp_path):
     card = json.loads((tmp_path / "out" / "runs" / "teacher-s0" / "results.json").read_text())[
         "evals"]["finetune"]["card"]
     assert card["model"].startswith("target clip's own network")
+
+
+def test_mae_suites_follow_maes_recipe_and_count_the_visible_patches_only():
+    from mimbench.suites.estimate import step_flops_per_image
+
+    run = schema.load("mae_vitb16_800ep").runs()[0]
+    c = run.config
+    assert (c.student.style, c.student.model, c.mask.kind, c.mask.count(c.student.grid)) == (
+        "mae", "vit_base_patch16_224", "random", 147)
+    assert (c.optim.lr, c.optim.lr_base_batch, c.optim.betas, c.optim.epochs) == (2.4e-3, 4096, (0.9, 0.95), 800)
+    assert c.target.options["normalize"] and c.data.crop_scale == (0.2, 1.0)
+    # multiply-accumulates of one image, written out: patch embedding; 12 encoder blocks on
+    # the cls token + 49 visible patches; the decoder's input projection; 8 decoder blocks of
+    # 512 on all 197 tokens; the pixel head (768 values a patch) on the 196 patches
+    def blocks(depth, tokens, width):
+        return depth * tokens * (12 * width**2 + 2 * tokens * width)
+
+    macs = (196 * 768 * 768 + blocks(12, 50, 768) + 50 * 768 * 512 + blocks(8, 197, 512)
+            + 196 * 512 * 768)
+    flops = step_flops_per_image(run)
+    assert 0.9 < flops / (6 * macs) < 1.1  # forward + backward: 3x the forward's 2 x MACs
+    style = schema.load("ablate_style").runs()
+    masks = {r.config.student.style: (r.config.mask.kind, r.config.mask.ratio) for r in style}
+    assert masks == {"beit": ("block", 0.45), "mae": ("random", 0.75)}

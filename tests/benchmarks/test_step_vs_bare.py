@@ -58,6 +58,21 @@ def test_tiny_step_vs_bare(benchmark, target):
     measure(benchmark, config, repeats=15)
 
 
+@pytest.mark.parametrize("style", ["beit", "mae"])
+def test_tiny_style_step_at_75_percent(benchmark, style):
+    """The two student styles on the same batch and the same 75 % random masks: the mae
+    encoder runs on a quarter of the patches (docs/performance.md)."""
+    config = cfg.resolve("tiny", target="clip", overrides=(
+        f"student.style={style}", "mask.kind=random", "mask.ratio=0.75"))
+    measure(benchmark, config, repeats=15)
+
+
+@pytest.mark.parametrize("target", sorted(TINY_OPTIONS))
+def test_tiny_mae_step_vs_bare(benchmark, target):
+    config = cfg.resolve("tiny", target=target, overrides=(*TINY_OPTIONS[target], "student.style=mae"))
+    measure(benchmark, config, repeats=15)
+
+
 @pytest.mark.parametrize("target", [*sorted(VITB_OPTIONS), "dvae"])
 def test_vitb16_step_vs_bare(benchmark, target, dvae_weights):
     options = VITB_OPTIONS.get(target, (f"target.weights={dvae_weights}",))
@@ -66,4 +81,15 @@ def test_vitb16_step_vs_bare(benchmark, target, dvae_weights):
     config = cfg.resolve("paper", target=target, overrides=(
         *options, "data.name=world", "data.image_size=224", "data.length=64",
         f"optim.amp={amp}", f"run.teacher_amp={amp}"))
+    measure(benchmark, config, repeats=5, batch_size=4)
+
+
+def test_vitb16_mae_step_vs_bare(benchmark):
+    """MAE's ViT-B/16 (suites/mae_vitb16_800ep.yaml) with pixel targets, batch 4."""
+    from mimbench.suites.schema import load
+
+    config = load("mae_vitb16_800ep").runs()[0].config
+    amp = "bf16" if torch.cuda.is_available() else "none"
+    config = cfg.with_overrides(config, ("data.name=world", "data.image_size=224", "data.length=64",
+                                         f"optim.amp={amp}", f"run.teacher_amp={amp}"))
     measure(benchmark, config, repeats=5, batch_size=4)
