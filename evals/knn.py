@@ -11,22 +11,36 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mimbench.distributed import resolve_device
 from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 
-CHUNK = 1024  # val images compared with the whole train set at once
+CHUNK = 4096  # val and train rows compared at once: memory ~ CHUNK x (CHUNK + k) similarities
 
 
-def knn_predict(train_x, train_y, val_x, classes: int, k: int, temperature: float) -> torch.Tensor:
-    """[M, D], [M], [V, D] -> the predicted class of each val image, [V]."""
-    train_x, val_x = F.normalize(train_x, dim=1), F.normalize(val_x, dim=1)
+def knn_predict(train_x, train_y, val_x, classes: int, k: int, temperature: float,
+                chunk: int = CHUNK, device: str | torch.device = "cpu") -> torch.Tensor:
+    """[M, D], [M], [V, D] -> the predicted class of each val image, [V]. Both splits are read
+    in chunks moved to `device`, keeping each query's k best as the train chunks go by, so
+    memory stays bounded for any split size. Ties: among equal similarities the lower train
+    index is nearer; among equal votes the lower class wins."""
+    train_x, val_x = F.normalize(train_x.float(), dim=1), F.normalize(val_x.float(), dim=1)
+    labels = train_y.to(device)
     k = min(k, len(train_x))
     out = []
-    for start in range(0, len(val_x), CHUNK):
-        similarity = val_x[start:start + CHUNK] @ train_x.T  # [c, M]
-        top, index = similarity.topk(k, dim=1)  # [c, k]
-        votes = torch.zeros(len(top), classes)
-        votes.scatter_add_(1, train_y[index], (top / temperature).exp())
-        out.append(votes.argmax(1))
+    for v in range(0, len(val_x), chunk):
+        query = val_x[v:v + chunk].to(device)  # [c, D]
+        best = query.new_empty(len(query), 0)  # [c, <= k] similarities, best first
+        index = torch.empty(len(query), 0, dtype=torch.long, device=device)  # their train rows
+        for t in range(0, len(train_x), chunk):
+            similarity = query @ train_x[t:t + chunk].to(device).T  # [c, t']
+            rows = torch.arange(t, t + similarity.shape[1], device=device).expand_as(similarity)
+            candidates, rows = torch.cat([best, similarity], 1), torch.cat([index, rows], 1)
+            # a stable sort keeps equal similarities in train order: the lower index first
+            order = candidates.sort(dim=1, descending=True, stable=True).indices[:, :k]
+            best, index = candidates.gather(1, order), rows.gather(1, order)
+        votes = torch.zeros(len(query), classes, device=device)
+        votes.scatter_add_(1, labels[index], (best / temperature).exp())
+        out.append(votes.argmax(1).cpu())  # the first of equal maxima: the lower class
     return torch.cat(out)
 
 
@@ -38,7 +52,8 @@ def knn_probe(model: FrozenModel, config, cache: Path | None = None, progress=No
     splits = frozen_splits(model, config, cache, progress, "k-NN probe")
     (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
     classes = int(max(train_y.max(), val_y.max())) + 1
-    predicted = knn_predict(train_x, train_y, val_x, classes, cfg.k, cfg.temperature)
+    predicted = knn_predict(train_x, train_y, val_x, classes, cfg.k, cfg.temperature,
+                            device=resolve_device(config.run.device))
     top1 = (predicted == val_y).float().mean().item() * 100
     card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(cfg), **probe_card(model, config, splits),
             "classes": classes, "chance": 100 / classes, "wall_time_s": time.perf_counter() - started}

@@ -39,6 +39,8 @@ def test_knn_votes_as_dino_defines_it():
     train_x, train_y = torch.randn(300, 8, generator=g), torch.randint(0, 5, (300,), generator=g)
     val_x = torch.randn(40, 8, generator=g)
     got = knn_predict(train_x, train_y, val_x, 5, k=7, temperature=0.1)
+    # in chunks smaller than either split (bounded memory), the same votes
+    assert torch.equal(knn_predict(train_x, train_y, val_x, 5, k=7, temperature=0.1, chunk=9), got)
     a, b = train_x.numpy(), val_x.numpy()
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     for i, v in enumerate(b / np.linalg.norm(b, axis=1, keepdims=True)):
@@ -51,6 +53,28 @@ def test_knn_votes_as_dino_defines_it():
     train_x, train_y = separable(seed=0)
     val_x, val_y = separable(seed=1)
     assert (knn_predict(train_x, train_y, val_x, 4, 20, 0.07) == val_y).float().mean() > 0.99
+
+
+def test_knn_breaks_ties_by_train_order_then_by_class():
+    """Axis-aligned features make similarities exactly 0 or 1: neighbours tie in groups and so
+    do votes. Brute force: sort by (-similarity, train index), count votes, lowest class wins."""
+    import math
+
+    g = torch.Generator().manual_seed(1)
+    axes = torch.randint(0, 3, (60,), generator=g)
+    train_x = torch.eye(3)[axes] * torch.randint(1, 4, (60, 1), generator=g)  # lengths differ
+    train_y = torch.randint(0, 4, (60,), generator=g)
+    val_axes = torch.tensor([0, 1, 2, 2, 1, 0])
+    val_x = torch.eye(3)[val_axes]
+    for k in (1, 5, 6, 20):
+        for chunk in (4, 7, 1000):
+            got = knn_predict(train_x, train_y, val_x, 4, k=k, temperature=0.07, chunk=chunk)
+            for i, axis in enumerate(val_axes.tolist()):
+                sims = [float(axes[j] == axis) for j in range(60)]
+                nearest = sorted(range(60), key=lambda j: (-sims[j], j))[:k]
+                votes = [sum(math.exp(sims[j] / 0.07) for j in nearest if train_y[j] == c)
+                         for c in range(4)]
+                assert got[i].item() == votes.index(max(votes)), (k, chunk, i)
 
 
 def test_feature_blocks_follow_beit():

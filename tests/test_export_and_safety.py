@@ -46,6 +46,26 @@ def test_exported_student_loads_strictly_in_timm_with_equal_features(trained_run
     assert saved["pretrained_cfg"]["tag"] == "mimbench-pixels-step4"
 
 
+def test_an_exported_mae_student_is_its_encoder_in_timm(tmp_path):
+    """The mae style's decoder stays behind; the encoder loads strictly in timm and computes
+    what it computed inside the student (on all patches, as evaluations run it)."""
+    from mimbench.student import build_student
+
+    run = RunDir(tmp_path / "run")
+    pretrain(cfg.resolve("smoke", target="pixels", overrides=(*SMOKE, "student.style=mae")), run)
+    out = tmp_path / "exported"
+    assert run_cli("export", run.path, "--out", out).returncode == 0
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    state = checkpoint.load(run.checkpoint)
+    student = build_student(cfg.from_dict(state["config"]).student, PixelTarget(32, 8).spec)
+    student.load_state_dict(state["student"])
+    assert any(k.startswith("decoder.") for k in state["student"])
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(student.encoder.eval().forward_features(images),
+                              model.forward_features(images), atol=1e-6)
+
+
 def test_export_writes_a_model_card_with_the_runs_results(tmp_path):
     """README.md in timm's hub layout: front matter, the target, the budget, each evaluation's
     number (as results.json has it) and protocol card, the version and the full config."""
