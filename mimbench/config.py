@@ -266,10 +266,12 @@ TARGET_DEFAULTS: dict[str, dict[str, dict]] = {
     "tiny": {
         "clip": {"model": "teacher:clip", "weights": None, "layer": 2, "loss": "mse"},
         "dvae": {"weights": "teacher:dvae"},
+        "vqkd": {"weights": "teacher:vqkd"},
     },
     "smoke": {
         "clip": {"model": "teacher:clip-smoke", "weights": None, "layer": 2, "loss": "mse"},
         "dvae": {"weights": "teacher:dvae-smoke"},
+        "vqkd": {"weights": "teacher:vqkd-smoke"},
     },
 }
 

@@ -32,6 +32,6 @@ def build_target(name: str, **options) -> TargetProvider:
 
 
 # Built-ins: each module is light to import; heavy libraries load when a target is built.
-from mimbench.targets import clip, dvae, pixels, timm_features  # noqa: E402,F401
+from mimbench.targets import clip, dvae, pixels, timm_features, vqkd  # noqa: E402,F401
 
 __all__ = ["TARGETS", "TargetProvider", "TargetSpec", "build_target", "register_target"]

@@ -86,6 +86,8 @@ def _fails_cleanly(result, *words):
     (["--set", "data.name=folder", "--set", "data.root=/no/such/folder"], ["/no/such/folder", "does not exist"]),
     (["--config", "missing.yaml"], ["missing.yaml"]),
     (["--set", "run.device=gpu"], ["run.device='gpu' is not a torch device"]),
+    (["--target", "vqkd", "--set", "student.patch_size=4"],
+     ["VQ-KD tokenizer gives a 4x4 token grid but the student has 8x8 patches"]),
     (["--set", "student.style=maee"], ["'student.style' must be one of", "did you mean 'mae'"]),
     (["--set", "student.style=mae", "--set", "student.decoder_dim=30", "--set", "student.decoder_heads=4"],
      ["student.decoder_dim divisible by student.decoder_heads", "width 30, 4 heads"]),

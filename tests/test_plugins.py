@@ -15,6 +15,7 @@ from mimbench.registry import Registry
 from mimbench.targets import TARGETS, TargetSpec, build_target, register_target
 from mimbench.testing import TargetContractError, check_target_provider
 from tests.conftest import run_cli
+from tests.test_vqkd import SMALL as VQKD_SMALL, released_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugins" / "mimbench-hog"
@@ -33,11 +34,13 @@ def small_options(tmp_path_factory):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     torch.save(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_pytorch_model.bin")
     torch.save(dall_e.Encoder(n_hid=64, vocab_size=512), folder / "encoder.pkl")
+    torch.save({"model": released_layout(VQKD_SMALL)}, folder / "vqkd.pth")
     return {
         "clip": {"model": f"local-dir:{folder}", "weights": None, "layer": 2},
         "dvae": {"weights": str(folder / "encoder.pkl"), "grid": (4, 4)},
         "pixels": {"img_size": 32, "patch_size": 8},
         "timm": {"model": "vit_tiny_patch16_224", "weights": None, "input_size": 32},
+        "vqkd": {"weights": str(folder / "vqkd.pth"), "shape": VQKD_SMALL},
     }
 
 

@@ -273,3 +273,10 @@ def test_mae_suites_follow_maes_recipe_and_count_the_visible_patches_only():
     style = schema.load("ablate_style").runs()
     masks = {r.config.student.style: (r.config.mask.kind, r.config.mask.ratio) for r in style}
     assert masks == {"beit": ("block", 0.45), "mae": ("random", 0.75)}
+
+
+def test_beitv2_suite_is_beits_preset_with_beit_v2s_long_schedule():
+    c = schema.load("beitv2_vitb16_1600ep").runs()[0].config
+    assert (c.target.name, c.target.options["weights"], c.student.grid) == ("vqkd", "official", (14, 14))
+    assert (c.optim.epochs, c.optim.betas, c.optim.lr, c.data.crop_scale) == (1600, (0.9, 0.999), 1.5e-3, (0.2, 1.0))
+    assert (c.mask.num_masked, c.student.layer_scale, c.student.drop_path) == (75, 0.1, 0.1)

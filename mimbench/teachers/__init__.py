@@ -37,9 +37,23 @@ class Teacher:
 
 
 def _registry() -> dict[str, Teacher]:
-    from mimbench.teachers import clip, dvae
+    from mimbench.teachers import clip, dvae, vqkd
 
-    return {t.name: t for t in (*clip.TEACHERS, *dvae.TEACHERS)}
+    return {t.name: t for t in (*clip.TEACHERS, *dvae.TEACHERS, *vqkd.TEACHERS)}
+
+
+def world_images(split: str, count: int, config) -> "torch.Tensor":
+    """The first `count` scenes of a world split at the teacher config's image_size,
+    difficulty and seed: uint8 [P, 3, S, S]."""
+    import numpy as np
+    import torch
+
+    from mimbench.data.world import World
+
+    world = World(split, length=count, image_size=config.image_size,
+                  difficulty=config.difficulty, seed=config.seed, cache=False)
+    pixels = np.stack([world.scene(i).image for i in range(count)])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2)
 
 
 def config_hash(config) -> str:

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from mimbench.data.world import World
 from mimbench.targets.dvae import map_pixels, save_encoder
-from mimbench.teachers import Teacher
+from mimbench.teachers import Teacher, world_images
 
 
 WEIGHTS = "encoder.safetensors"
@@ -39,13 +38,6 @@ class DVAETeacherConfig:
     seed: int = 0
 
 
-def _images(split: str, count: int, config: DVAETeacherConfig) -> torch.Tensor:
-    world = World(split, length=count, image_size=config.image_size,
-                  difficulty=config.difficulty, seed=config.seed, cache=False)
-    pixels = np.stack([world.scene(i).image for i in range(count)])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2)  # [P, 3, S, S] uint8
-
-
 def random_crops(images: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
     """[B, 3, S, S] -> [B, 3, size, size], an independent random window per image."""
     if size >= images.shape[-1]:
@@ -65,7 +57,7 @@ def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    images = _images("teacher", config.images, config)
+    images = world_images("teacher", config.images, config)
     encoder = dall_e.Encoder(n_hid=config.n_hid, n_blk_per_group=config.n_blk_per_group,
                              vocab_size=config.vocab_size).requires_grad_(True)
     decoder = dall_e.Decoder(n_hid=config.n_hid, n_blk_per_group=config.n_blk_per_group,
@@ -101,7 +93,7 @@ def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
 @torch.no_grad()
 def evaluate(encoder, decoder, config: DVAETeacherConfig) -> dict:
     """Reconstruction error against the mean-image baseline, and codebook usage."""
-    x = _images("val", config.eval_images, config).float() / 255
+    x = world_images("val", config.eval_images, config).float() / 255
     ids = encoder(map_pixels(x)).argmax(1)  # [P, h, w]
     codes = F.one_hot(ids, config.vocab_size).permute(0, 3, 1, 2).float()
     mse = F.mse_loss(reconstruct(decoder, codes), x).item()

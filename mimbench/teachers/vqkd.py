@@ -1,0 +1,112 @@
+"""A tiny VQ-KD tokenizer (BEiT v2) distilled on world images from the tiny CLIP teacher's
+features: the stage the `clip` target regresses, quantised into codes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimbench import teachers
+from mimbench.evals.training import lr_factor
+from mimbench.targets import build_target
+from mimbench.targets.vqkd import VQKD, reconstruction_loss
+
+WEIGHTS = "vqkd.pth"  # a released-format checkpoint: {"model": state dict}, tensors only
+SHAPE = "shape.json"
+
+
+@dataclass(frozen=True)
+class VQKDTeacherConfig:
+    teacher: str = "clip"  # the in-project teacher whose features the codes reconstruct
+    layer: int = 2  # its stage: the one the tiny clip target regresses
+    image_size: int = 64
+    difficulty: int = 0
+    images: int = 20_000  # scenes from the world's `teacher` split
+    patch_size: int = 8  # 8x8 codes at 64 px: the tiny student's grid
+    width: int = 64
+    depth: int = 2
+    heads: int = 2
+    decoder_depth: int = 1
+    codebook_size: int = 512
+    code_dim: int = 32  # BEiT v2's
+    decay: float = 0.99  # BEiT v2's codebook EMA
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    eval_images: int = 1_000
+    seed: int = 0
+
+
+def shape_of(config: VQKDTeacherConfig, out_dim: int) -> dict:
+    return dict(img_size=config.image_size, patch_size=config.patch_size, width=config.width,
+                depth=config.depth, heads=config.heads, codebook_size=config.codebook_size,
+                code_dim=config.code_dim, decoder_depth=config.decoder_depth, out_dim=out_dim)
+
+
+def build(config: VQKDTeacherConfig, folder: Path, progress=None) -> dict:
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    clip_folder, clip_report = teachers.ensure(config.teacher, progress)
+    target = build_target("clip", **teachers.get(config.teacher).reference(clip_folder), layer=config.layer)
+    images = teachers.world_images("teacher", config.images, config)
+    model = VQKD(**shape_of(config, target.spec.dim), decay=config.decay)
+    if model.grid != tuple(target.spec.grid):
+        raise ValueError(f"the tokenizer's {model.grid} grid must be the teacher's {target.spec.grid}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=1e-4)  # BEiT v2's
+    model.train()
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_steps, "cosine")
+        x = images[rng.choice(len(images), config.batch_size, replace=False)].float() / 255
+        goal = target(x)  # [B, N, D] the teacher's features
+        quantised, _, commitment = model.encode(x)
+        loss = reconstruction_loss(model.decode(quantised), goal) + commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress:
+            progress("teacher vqkd", step + 1, config.steps, {"loss": loss.item()})
+    model.eval()
+    report = evaluate(model, target, images, config)
+    report["clip_teacher_sha256"] = clip_report["sha256"]
+    torch.save({"model": model.state_dict()}, folder / WEIGHTS)
+    (folder / SHAPE).write_text(json.dumps(model.shape))
+    return report
+
+
+@torch.no_grad()
+def evaluate(model: VQKD, target, train_images: torch.Tensor, config: VQKDTeacherConfig) -> dict:
+    """On held-out `val` scenes: how well the codes reconstruct the teacher's features (mean
+    cosine similarity per position) against the best constant guess (the teacher's mean
+    feature over training images), and how the codebook is used."""
+    x = teachers.world_images("val", config.eval_images, config).float() / 255
+    goal = target(x)  # [P, N, D]
+    quantised, ids, _ = model.encode(x)
+    cosine = torch.nn.functional.cosine_similarity(model.decode(quantised), goal, dim=-1).mean().item()
+    mean_feature = target(train_images[:config.eval_images].float() / 255).mean((0, 1))  # [D]
+    baseline = torch.nn.functional.cosine_similarity(goal, mean_feature.expand_as(goal), dim=-1).mean().item()
+    counts = torch.bincount(ids.flatten(), minlength=config.codebook_size).float()
+    p = counts / counts.sum()
+    perplexity = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
+    return {"recon_cosine": cosine, "mean_feature_cosine": baseline, "perplexity": perplexity,
+            "codes_used": int((counts > 0).sum()), "codebook_size": config.codebook_size,
+            "eval_images": len(x)}
+
+
+def reference(folder: Path) -> dict:
+    return {"weights": str(folder / WEIGHTS), "shape": json.loads((folder / SHAPE).read_text())}
+
+
+TEACHERS = [
+    teachers.Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig()),
+    teachers.Teacher("vqkd-smoke", build, WEIGHTS, reference,
+                     VQKDTeacherConfig(teacher="clip-smoke", image_size=32, images=128, width=32,
+                                       codebook_size=64, steps=3, batch_size=8, warmup_steps=1,
+                                       eval_images=32)),
+]
