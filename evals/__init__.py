@@ -38,6 +38,19 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
 
 
 def _run(names, config, source: str, run, progress, preset, is_target: bool) -> dict:
+    from mimbench.trackers import Trackers
+
+    out = run.path
+    results = json.loads(run.results.read_text()) if run.results.exists() else {}
+    trackers = Trackers(out, config)
+    try:
+        _evaluate(names, config, source, run, progress, preset, is_target, results, trackers)
+    finally:
+        trackers.close()
+    return results
+
+
+def _evaluate(names, config, source, run, progress, preset, is_target, results, trackers) -> None:
     from mimbench.evals.backbone import load_backbone
     from mimbench.evals.features import student_features, target_features
     from mimbench.evals.finetune import finetune
@@ -48,7 +61,7 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
     from mimbench.evals.tower import target_tower
 
     out = run.path
-    results = json.loads(run.results.read_text()) if run.results.exists() else {}
+    step = results.get("pretrain", {}).get("steps", 0)  # evaluations sit at the run's last step
     frozen = target_features(config, source) if is_target and set(names) & set(FROZEN_EVALS) else None
     for name in names:
         if name not in FROZEN_EVALS or not is_target:  # fresh: fine-tuning changes it
@@ -66,4 +79,4 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
             result = segmentation(encoder, config, description, progress, preset)
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result
         run.write_results(results)  # each finished evaluation is kept even if a later one fails
-    return results
+        trackers.evaluation(RESULT_NAMES[name], result, step)

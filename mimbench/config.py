@@ -108,6 +108,9 @@ class RunConfig:
     log_every: int = 10
     # run after pre-training (seg_linear: the world's frozen per-patch probe, not a paper protocol)
     evals: tuple[str, ...] = ("linear", "knn", "seg_linear", "finetune", "segmentation")
+    # where the scalars go besides metrics.jsonl and results.json (mimbench.trackers); the
+    # tensorboard and wandb extras install their packages
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
 
 
 @dataclass(frozen=True)
@@ -527,6 +530,9 @@ def check_values(config: Config) -> None:
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, not {value}.")
+    from mimbench.trackers import check_installed
+
+    check_installed(config.run.loggers)
     if {"segmentation", "seg_linear"} & set(config.run.evals):
         from mimbench.evals.segmentation import check_label_maps
 

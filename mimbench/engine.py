@@ -28,6 +28,7 @@ from mimbench.losses import channel_moments, check_loss, standardize_channels, t
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
 from mimbench.student import build_student, no_weight_decay_names
+from mimbench.trackers import Trackers
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
 from mimbench.target_grid import ResampledFeatures, check_grid
 from mimbench.targets import TARGETS
@@ -106,17 +107,26 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoint = self.path / checkpoint.CHECKPOINT
         self.results = self.path / "results.json"
+        self.trackers: Trackers | None = None
 
     def begin(self, config: Config) -> None:
-        """Take the folder for this process (mimbench.run_lock), creating it, and write
-        config.yaml unless a run started here already."""
+        """Take the folder for this process (mimbench.run_lock), creating it, write
+        config.yaml unless a run started here already, and open run.loggers' trackers."""
         run_lock.hold(self.path)
         if not self.config.exists():
             self.config.write_text(cfg.dump_yaml(config))
+        self.trackers = Trackers(self.path, config)
 
     def log_metrics(self, row: dict) -> None:
         with self.metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.trackers:
+            self.trackers.scalars(row["step"], {f"pretrain/{k}": v for k, v in row.items() if k != "step"})
+
+    def close(self) -> None:
+        if self.trackers:
+            self.trackers.close()
+            self.trackers = None
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop lines logged after the checkpoint a resumed run restarts from."""
@@ -190,7 +200,10 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     Under torchrun each process trains one replica (DistributedDataParallel); rank 0 writes,
     holding the run directory (mimbench.run_lock) from its first write to the end."""
     with run_lock.released_after(run.path), StopRequest() as stop:
-        return _pretrain(config, run, progress, notify, stop)
+        try:
+            return _pretrain(config, run, progress, notify, stop)
+        finally:
+            run.close()
 
 
 def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
