@@ -329,7 +329,18 @@ def suite_list():
 @click.option("--dry-run", is_flag=True, help="Print the runs and the compute estimate, run nothing.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once, each in its own process with a share of the CPU threads.")
-def suite_run(name, out, dry_run, jobs):
+@click.option("--executor", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="local: on this machine (--jobs at once); slurm: one SLURM job "
+              "per run through submitit; submitit-local: submitit's local executor, to try that path here.")
+@click.option("--slurm-partition", help="SLURM partition of the jobs.")
+@click.option("--gpus-per-run", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--cpus-per-run", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--mem-gb", type=click.IntRange(min=1), help="Memory per job.")
+@click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
+              help="Wall-time limit of each job; an interrupted run resumes from its checkpoint "
+              "when the suite is run again.")
+def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run, cpus_per_run,
+              mem_gb, timeout_min):
     """Run suite NAME (a shipped name or a .yaml path): what is not finished yet, then
     report.md, results.json and PNG plots."""
     from mimbench.suites import schema
@@ -340,12 +351,14 @@ def suite_run(name, out, dry_run, jobs):
         print_estimate(loaded, runs)
         return
     from mimbench.suites.report import write_report
-    from mimbench.suites.runner import run_suite
+    from mimbench.suites.runner import Cluster, run_suite
 
+    cluster = None if executor == "local" else Cluster(executor, slurm_partition, gpus_per_run,
+                                                       cpus_per_run, mem_gb, timeout_min)
     folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
     with reporter() as report:
-        rows = run_suite(loaded, folder, report, say, jobs)
+        rows = run_suite(loaded, folder, report, say, jobs, cluster)
     path = write_report(loaded, rows, folder)
     say(f"report: [bold]{path}[/]")
     click.echo(path.read_text().split("## ")[0].strip())

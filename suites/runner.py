@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mimbench import config as cfg
 from mimbench.engine import RunDir, pretrain
+from mimbench.errors import ConfigError
 from mimbench.evals import RESULT_NAMES, run_evals
 from mimbench.suites.ceiling import train_supervised
 from mimbench.suites.schema import SUPERVISED, RunSpec, Suite
@@ -58,9 +61,40 @@ def row(spec: RunSpec, folder: Path, results: dict, base: cfg.Config) -> dict:
             "folder": str(folder)}
 
 
-def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1) -> list[dict]:
+@dataclass(frozen=True)
+class Cluster:
+    """Runs as batch jobs through submitit: `slurm`, or `submitit-local` (submitit's own local
+    executor: the same job path on this machine). One job per run, one process each."""
+
+    executor: str = "slurm"
+    partition: str | None = None
+    gpus_per_run: int = 0
+    cpus_per_run: int = 8
+    mem_gb: int | None = None
+    timeout_min: int = 24 * 60
+
+    def executor_for(self, folder: Path):
+        if importlib.util.find_spec("submitit") is None:
+            raise ConfigError("--executor slurm needs the submitit package: pip install 'mimbench[slurm]'.")
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if self.executor == "slurm" else "local")
+        params = {"name": "mimbench", "timeout_min": self.timeout_min, "tasks_per_node": 1,
+                  "gpus_per_node": self.gpus_per_run, "cpus_per_task": self.cpus_per_run}
+        if self.mem_gb:
+            params["mem_gb"] = self.mem_gb
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        executor.update_parameters(**params)
+        return executor
+
+
+def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1,
+              cluster: Cluster | None = None) -> list[dict]:
     """All runs of `suite` under out/runs/<id>; returns one row per run. With jobs > 1,
-    that many runs train at once in their own processes, sharing this machine's threads."""
+    that many runs train at once in their own processes, sharing this machine's threads;
+    with a cluster, each run is a job (its logs under out/submitit) and this call waits for
+    them all, then the report is written."""
     out.mkdir(parents=True, exist_ok=True)
     runs = suite.runs()
     folders = [out / "runs" / spec.id for spec in runs]
@@ -78,7 +112,20 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
     for i in range(len(runs)):
         if i not in todo:
             finished(i, reused=True)
-    if jobs == 1:
+    if cluster and todo:
+        executor = cluster.executor_for(out / "submitit")
+        submitted = {}
+        for i in todo:
+            job = executor.submit(run_one, runs[i], folders[i], suite.preset)
+            submitted[job] = i
+            if notify:
+                notify(f"submitted {runs[i].id} as job {job.job_id}")
+        import submitit
+
+        for job in submitit.helpers.as_completed(list(submitted)):
+            job.result()  # a failed job stops the suite with its error; finished runs are kept
+            finished(submitted[job], reused=False)
+    elif jobs == 1:
         for i in todo:
             if notify:
                 notify(f"running {runs[i].id}")

@@ -166,6 +166,26 @@ def test_ablation_suite_draws_its_line_plot(tmp_path):
     assert [r["point"]["mask.ratio"] for r in rows] == [0.3, 0.5]
 
 
+def test_suite_runs_as_submitit_jobs_and_reports(tmp_path):
+    """The cluster path (one submitit job per run) on submitit's local executor: each run is a
+    job with its own logs; the report is written once they finish; a second call reuses them."""
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]"))
+    out = tmp_path / "out"
+    result = run_cli("suite", "run", suite, "--out", out, "--executor", "submitit-local",
+                     "--cpus-per-run", "1", "--timeout-min", "20")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("submitted ") == 2
+    logs = list((out / "submitit").glob("*_log.out"))
+    assert len(logs) == 2  # one job per run, each with its own log
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["id"] for r in rows) == ["pixels-s0", "random-s0"]
+    assert all("linear_probe.top1" in r["metrics"] for r in rows)
+    again = run_cli("suite", "run", suite, "--out", out, "--executor", "submitit-local")
+    assert again.returncode == 0 and "submitted" not in again.stderr
+    assert again.stderr.count("finished earlier, reused") == 2
+
+
 def test_supervised_ceiling_is_trained_on_labels_and_evaluated_like_a_student(tmp_path):
     path = tmp_path / "ceiling.yaml"
     path.write_text(SMALL.replace("[pixels, random]", "[supervised, random]").replace("seeds: [0, 1]", "seeds: [0]")
