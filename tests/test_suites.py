@@ -52,8 +52,8 @@ def test_shipped_suites_load_and_expand():
     assert set(schema.shipped()) >= {"tiny", "mvp_vitb16_300ep", "beit_vitb16_300ep",
                                      "ablate_mask_ratio", "ablate_target_layer"}
     tiny = schema.load("tiny")
-    assert len(tiny.runs()) == 5 * 3
-    assert set(tiny.targets) == {"clip", "dvae", "pixels", "random", "teacher"}
+    assert len(tiny.runs()) == 6 * 3
+    assert set(tiny.targets) == {"clip", "dvae", "pixels", "vqkd", "random", "teacher"}
     teacher = next(r for r in tiny.runs() if r.target == "teacher")
     assert teacher.source == "target:clip" and teacher.config.run.evals == tiny.evals
     assert teacher.config.target.options["layer"] == 3  # the teacher's best stage, its row only
