@@ -116,3 +116,9 @@ def test_full_teachers_are_worth_learning_from():
     _, dvae = teachers.ensure("dvae")
     assert dvae["recon_mse"] < 0.5 * dvae["mean_image_mse"]
     assert dvae["code_fraction_used"] > 0.25
+    # VQ-KD: its codes carry the CLIP features (cosine well above the mean feature's; built:
+    # .908 vs .587) and the codebook has not collapsed (an eighth of it or more in use, spread
+    # over more than 20 effective codes; built: 137 of 512, perplexity 63)
+    _, vqkd = teachers.ensure("vqkd")
+    assert vqkd["recon_cosine"] > vqkd["mean_feature_cosine"] + 0.15
+    assert vqkd["codes_used"] >= vqkd["codebook_size"] // 8 and vqkd["perplexity"] > 20
