@@ -62,6 +62,21 @@ def require_network(what: str, url: str) -> None:
             f"--set target.weights=/path/to/{Path(urlparse(url).path).name or 'file'}.")
 
 
+def download_once(what: str, url: str, path: Path) -> Path:
+    """`path`, downloaded from `url` the first time (atomically: a stopped download leaves
+    no file); offline, the one-sentence remedy of require_network."""
+    if not path.exists():
+        import torch
+
+        require_network(what, url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        log.info("downloading %s", url)
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        tmp.replace(path)
+    return path
+
+
 def mismatch(error: Exception, weights, model: str) -> WeightsUnavailableError | None:
     """A short error naming the mismatching keys, when `error` is torch's load_state_dict
     failure for weights of another architecture; None for any other error."""

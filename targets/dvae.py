@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 
@@ -13,9 +12,8 @@ from torch import Tensor, nn
 from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
-from mimbench.weights import cache_dir, local_file, require_network
+from mimbench.weights import cache_dir, download_once, local_file
 
-log = logging.getLogger(__name__)
 OFFICIAL_URL = "https://cdn.openai.com/dall-e/encoder.pkl"
 LOGIT_LAPLACE_EPS = 0.1
 DOWNSAMPLE = 8  # the d-VAE encoder's stride
@@ -70,18 +68,6 @@ def load_encoder(path) -> nn.Module:
     return encoder
 
 
-def _official_encoder() -> str:
-    path = cache_dir() / "dall_e" / "encoder.pkl"
-    if not path.exists():
-        require_network("the DALL-E d-VAE encoder weights", OFFICIAL_URL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        log.info("downloading %s", OFFICIAL_URL)
-        torch.hub.download_url_to_file(OFFICIAL_URL, str(tmp), progress=False)
-        tmp.replace(path)
-    return str(path)
-
-
 @register_target("dvae", kind="tokens")
 class DVAETarget(nn.Module):
     """DALL-E d-VAE token ids (BEiT).
@@ -97,7 +83,9 @@ class DVAETarget(nn.Module):
                  grid: tuple[int, int] = (14, 14), interpolation: str = "lanczos",
                  loss: str = "ce"):
         super().__init__()
-        path = _official_encoder() if weights == "official" else local_file(weights)
+        official = cache_dir() / "dall_e" / "encoder.pkl"
+        path = (download_once("the DALL-E d-VAE encoder weights", OFFICIAL_URL, official)
+                if weights == "official" else local_file(weights))
         if path is None:
             raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
         self.encoder = load_encoder(path).requires_grad_(False)

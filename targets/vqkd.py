@@ -9,7 +9,6 @@ as it is; the encoder and decoder are timm's BEiT, whose names match BEiT v2's o
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -19,9 +18,8 @@ from torch import Tensor, nn
 from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
-from mimbench.weights import cache_dir, local_file, require_network
+from mimbench.weights import cache_dir, download_once, local_file
 
-log = logging.getLogger(__name__)
 OFFICIAL_URL = ("https://conversationhub.blob.core.windows.net/beit-share-public/beitv2/"
                 "vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth")
 # the released tokenizer: ViT-B/16 encoder at 224 px, 8192 codes of 32 dims, a 3-block decoder
@@ -187,18 +185,6 @@ def load_vqkd(path: Path, shape: dict) -> VQKD:
     return model
 
 
-def _official_tokenizer() -> Path:
-    path = cache_dir() / "beitv2" / Path(OFFICIAL_URL).name
-    if not path.exists():
-        require_network("BEiT v2's VQ-KD tokenizer weights", OFFICIAL_URL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        log.info("downloading %s", OFFICIAL_URL)
-        torch.hub.download_url_to_file(OFFICIAL_URL, str(tmp), progress=False)
-        tmp.replace(path)
-    return path
-
-
 @register_target("vqkd", kind="tokens")
 class VQKDTarget(nn.Module):
     """BEiT v2's VQ-KD token ids: the nearest code of each patch of the teacher view.
@@ -216,7 +202,9 @@ class VQKDTarget(nn.Module):
                  loss: str = "ce"):
         super().__init__()
         shape = {**OFFICIAL_SHAPE, **(shape or {})}
-        path = _official_tokenizer() if weights == "official" else local_file(weights)
+        official = cache_dir() / "beitv2" / Path(OFFICIAL_URL).name
+        path = (download_once("BEiT v2's VQ-KD tokenizer weights", OFFICIAL_URL, official)
+                if weights == "official" else local_file(weights))
         if path is None:
             raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
         tokenizer = load_vqkd(path, shape)

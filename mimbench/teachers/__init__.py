@@ -42,7 +42,7 @@ def _registry() -> dict[str, Teacher]:
     return {t.name: t for t in (*clip.TEACHERS, *dvae.TEACHERS, *vqkd.TEACHERS)}
 
 
-def world_images(split: str, count: int, config) -> "torch.Tensor":
+def world_images(split: str, count: int, config):
     """The first `count` scenes of a world split at the teacher config's image_size,
     difficulty and seed: uint8 [P, 3, S, S]."""
     import numpy as np
