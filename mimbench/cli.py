@@ -329,9 +329,10 @@ def suite_list():
 @click.option("--dry-run", is_flag=True, help="Print the runs and the compute estimate, run nothing.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once, each in its own process with a share of the CPU threads.")
-@click.option("--executor", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="local: on this machine (--jobs at once); slurm: one SLURM job "
-              "per run through submitit; submitit-local: submitit's local executor, to try that path here.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default=None,
+              help="Submit each run as a job through submitit: slurm (one SLURM job per run), or "
+              "local (submitit's local executor, to try that path here). Without it, runs go on "
+              "this machine, --jobs at a time.")
 @click.option("--slurm-partition", help="SLURM partition of the jobs.")
 @click.option("--gpus-per-run", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--cpus-per-run", type=click.IntRange(min=1), default=8, show_default=True)
@@ -353,8 +354,8 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
     from mimbench.suites.report import write_report
     from mimbench.suites.runner import Cluster, run_suite
 
-    cluster = None if executor == "local" else Cluster(executor, slurm_partition, gpus_per_run,
-                                                       cpus_per_run, mem_gb, timeout_min)
+    cluster = executor and Cluster(executor, slurm_partition, gpus_per_run, cpus_per_run, mem_gb,
+                                   timeout_min)
     folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
     with reporter() as report:

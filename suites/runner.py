@@ -63,8 +63,8 @@ def row(spec: RunSpec, folder: Path, results: dict, base: cfg.Config) -> dict:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Runs as batch jobs through submitit: `slurm`, or `submitit-local` (submitit's own local
-    executor: the same job path on this machine). One job per run, one process each."""
+    """Runs as batch jobs through submitit: `slurm`, or `local` (submitit's own local executor:
+    the same job path on this machine). One job per run, one process each."""
 
     executor: str = "slurm"
     partition: str | None = None
@@ -75,7 +75,8 @@ class Cluster:
 
     def executor_for(self, folder: Path):
         if importlib.util.find_spec("submitit") is None:
-            raise ConfigError("--executor slurm needs the submitit package: pip install 'mimbench[slurm]'.")
+            raise ConfigError(f"--executor {self.executor} needs the submitit package: "
+                              f"pip install 'mimbench[slurm]'.")
         import submitit
 
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if self.executor == "slurm" else "local")

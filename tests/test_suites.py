@@ -168,12 +168,13 @@ def test_ablation_suite_draws_its_line_plot(tmp_path):
 
 def test_suite_runs_as_submitit_jobs_and_reports(tmp_path):
     """The cluster path (one submitit job per run) on submitit's local executor: each run is a
-    job with its own logs; the report is written once they finish; a second call reuses them."""
+    job with its own logs; the report is written once they finish, with the same rows as the
+    default path on this machine; a second call reuses the runs."""
     suite = tmp_path / "small.yaml"
     suite.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]"))
     out = tmp_path / "out"
-    result = run_cli("suite", "run", suite, "--out", out, "--executor", "submitit-local",
-                     "--cpus-per-run", "1", "--timeout-min", "20")
+    result = run_cli("suite", "run", suite, "--out", out, "--executor", "local",
+                     "--cpus-per-run", "2", "--timeout-min", "20")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("submitted ") == 2
     logs = list((out / "submitit").glob("*_log.out"))
@@ -181,9 +182,16 @@ def test_suite_runs_as_submitit_jobs_and_reports(tmp_path):
     rows = json.loads((out / "results.json").read_text())["runs"]
     assert sorted(r["id"] for r in rows) == ["pixels-s0", "random-s0"]
     assert all("linear_probe.top1" in r["metrics"] for r in rows)
-    again = run_cli("suite", "run", suite, "--out", out, "--executor", "submitit-local")
+    again = run_cli("suite", "run", suite, "--out", out, "--executor", "local")
     assert again.returncode == 0 and "submitted" not in again.stderr
     assert again.stderr.count("finished earlier, reused") == 2
+    assert run_cli("suite", "run", suite, "--out", tmp_path / "default").returncode == 0
+    default = json.loads((tmp_path / "default" / "results.json").read_text())["runs"]
+
+    def same(row):  # what a run measured, not where or how long
+        return {k: v for k, v in row.items() if k not in ("folder", "pretrain")}
+
+    assert [same(r) for r in rows] == [same(r) for r in default]
 
 
 def test_supervised_ceiling_is_trained_on_labels_and_evaluated_like_a_student(tmp_path):
