@@ -1,6 +1,7 @@
 """Run configuration: frozen dataclasses whose defaults are the `tiny` preset.
 
-Resolution order: defaults -> preset -> YAML file (--config) -> --target -> --set overrides.
+Resolution order: defaults -> preset -> YAML file (--config) -> --target -> --set overrides;
+then the student style's masking (STYLE_MASKING) for the mask keys the file and --set left.
 `target` and `data` sections hold a registry name plus that entry's own options, checked
 against the factory's signature so a typo gets a "did you mean".
 """
