@@ -394,7 +394,8 @@ def teachers():
 @click.argument("name")
 @click.option("--rebuild", is_flag=True, help="Train again even if a cached teacher exists.")
 def teachers_build(name, rebuild):
-    """Train teacher NAME (clip, dvae, clip-smoke, dvae-smoke) unless cached; print its quality."""
+    """Train teacher NAME (clip, dvae, vqkd, or their -smoke versions) unless cached; print its
+    quality."""
     from mimbench import teachers as registry
 
     with reporter() as report:
