@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 from mimbench.evals.lars import LARS
+from mimbench.evals.training import lr_factor
 
 log = logging.getLogger(__name__)
 REFERENCES = {  # docs/protocols.md: ViT-B/16, ImageNet-1k
@@ -79,10 +79,8 @@ def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
         order = torch.randperm(len(train_x), generator=g)
         for i in range(steps_per_epoch):
             batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            scale = (step + 1) / warmup if step < warmup else \
-                0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * lr_factor(step, total, warmup, "cosine")
             head.train()
             loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
             opt.zero_grad()
