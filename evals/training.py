@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from torch import nn
 
 from mimbench.optim import adamw
+from mimbench.student import exempt_from_weight_decay
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
@@ -41,7 +42,7 @@ def param_groups(encoder: nn.Module, head: nn.Module, weight_decay: float, layer
     for name, param, lid in named:
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+        no_decay = exempt_from_weight_decay(name, param)
         key = (lid, no_decay)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,

@@ -184,11 +184,13 @@ class MaeStudent(nn.Module):
         return self.head(x[:, prefix:])  # [B, N, spec.dim]
 
 
+def exempt_from_weight_decay(name: str, param: Tensor) -> bool:
+    """Biases, norms, position embeddings, relative position bias tables and tokens take no
+    weight decay, in pre-training and fine-tuning alike."""
+    return (param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+            or "relative_position_bias_table" in name)
+
+
 def no_weight_decay_names(student: nn.Module) -> set[str]:
-    """Parameters exempt from weight decay: biases, norms, position embeddings/biases, tokens."""
-    names = set()
-    for name, param in student.named_parameters():
-        if (param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
-                or "relative_position_bias_table" in name):
-            names.add(name)
-    return names
+    """The student's parameters exempt from weight decay."""
+    return {name for name, param in student.named_parameters() if exempt_from_weight_decay(name, param)}

@@ -138,3 +138,24 @@ def test_mae_refuses_uneven_masks_and_students_without_absolute_positions():
                    extra={"use_abs_pos_emb": False, "use_rel_pos_bias": True})
     with pytest.raises(ConfigError, match="student.style=mae needs a vit_\\* student"):
         build_student(beit, SPEC)
+
+
+def test_pre_training_and_fine_tuning_exempt_the_same_tensors_from_weight_decay():
+    """BEiT's student (shared relative position bias) as the paper preset builds it: the
+    encoder tensors without weight decay are the same in pre-training's AdamW groups and in
+    fine-tuning's layer-decay groups."""
+    from mimbench.evals.training import param_groups
+
+    config = StudentConfig(model="beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32,
+                           depth=2, num_heads=2, layer_scale=0.1, pos_embed="learn",
+                           extra={"use_abs_pos_emb": True, "use_rel_pos_bias": False,
+                                  "use_shared_rel_pos_bias": True})
+    student = Student(config, SPEC)
+    pre = {n.removeprefix("encoder.") for n in no_weight_decay_names(student) if n.startswith("encoder.")}
+    names = {id(p): n for n, p in student.encoder.named_parameters()}
+    groups = param_groups(student.encoder, torch.nn.Linear(32, 8), weight_decay=0.05, layer_decay=0.65)
+    fine = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"] if id(p) in names}
+    assert pre == fine
+    assert {"rel_pos_bias.relative_position_bias_table", "cls_token", "pos_embed",
+            "blocks.0.gamma_1", "blocks.0.attn.q_bias"} <= pre
+    assert "blocks.0.attn.qkv.weight" not in pre
