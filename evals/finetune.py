@@ -8,6 +8,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from mimbench.distributed import resolve_device
@@ -65,7 +66,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
         x, y = batch
         if mixup is not None:
             x, soft = mixup(x, y)
-            return torch.sum(-soft * F.log_softmax(m(x), dim=-1), dim=-1).mean()
+            return SoftTargetCrossEntropy()(m(x), soft)
         return F.cross_entropy(m(x), y, label_smoothing=cfg.label_smoothing)
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, steps, cfg.lr, warmup,

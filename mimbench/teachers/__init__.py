@@ -7,7 +7,6 @@ built teacher, so the target loads it through its ordinary local-file path.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -15,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 from mimbench.errors import ConfigError
 from mimbench.registry import did_you_mean
@@ -97,8 +98,7 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
     teacher = get(name)
     folder = folder_for(teacher)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse
+    with FileLock(folder.with_suffix(".lock")):  # one builder at a time; the others wait and reuse
         if not rebuild and _intact(folder, teacher):
             return folder, json.loads((folder / "report.json").read_text())
         if folder.exists():
