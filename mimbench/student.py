@@ -163,11 +163,10 @@ class MaeStudent(nn.Module):
         enc = self.encoder
         x = enc._pos_embed(enc.patch_embed(images))  # [B, prefix + N, width], positions added
         prefix = enc.num_prefix_tokens
-        b, n = mask.shape
         visible = (~mask).sum(1)
         if (visible != visible[0]).any():
             raise ValueError("an mae batch needs the same number of masked patches in every image")
-        index = (~mask).nonzero()[:, 1].view(b, -1)  # [B, V], ascending per row
+        index = (~mask).nonzero()[:, 1].view(len(mask), -1)  # [B, V], ascending per row
         patches = x[:, prefix:].gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :prefix], patches], 1)  # [B, prefix + V, width]
         return enc.norm(enc.blocks(enc.norm_pre(x))), index
