@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 from mimbench.evals.lars import LARS
-from mimbench.evals.training import lr_factor
+from mimbench.lr_schedule import lr_at
 
 log = logging.getLogger(__name__)
 REFERENCES = {  # docs/protocols.md: ViT-B/16, ImageNet-1k
@@ -80,7 +80,7 @@ def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
         for i in range(steps_per_epoch):
             batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step, total, warmup, "cosine")
+                group["lr"] = lr_at(step, total, warmup, lr)
             head.train()
             loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
             opt.zero_grad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 
 import numpy as np
@@ -13,10 +12,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
-from mimbench.data import DATASETS, build_dataset
+from mimbench.data import build_dataset
 from mimbench.data.seg_augment import augment, rescaled_size
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import resolve_device
+from mimbench.config import check_label_maps
 from mimbench.errors import ConfigError
 from mimbench.evals.backbone import input_size
 from mimbench.evals.data import fingerprint, student_batch
@@ -131,17 +131,6 @@ def headline(background: int | None) -> str:
     colour threshold gets it right, so the mean over the object classes carries the signal;
     otherwise (ADE20K) the mean over all classes, as BEiT reports it."""
     return "mIoU" if background is None else "mIoU_objects"
-
-
-def check_label_maps(config) -> None:
-    """Segmentation reads ADE20K or an evaluation dataset that can give label maps."""
-    if config.segmentation.dataset == "ade20k":
-        return
-    factory = DATASETS.get(config.eval_data.name).factory
-    if "labels" not in inspect.signature(factory).parameters:
-        raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
-                          f"does not have; drop segmentation and seg_linear from run.evals, or "
-                          f"use the world or segmentation.dataset=ade20k with segmentation.root.")
 
 
 def segmentation_data(config, split: str):

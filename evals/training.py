@@ -3,11 +3,11 @@ AdamW without decay on norms/biases/embeddings, warmup then cosine or poly, prog
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 from torch import nn
 
+from mimbench.lr_schedule import lr_at
 from mimbench.optim import adamw
 from mimbench.student import exempt_from_weight_decay
 
@@ -51,15 +51,6 @@ def param_groups(encoder: nn.Module, head: nn.Module, weight_decay: float, layer
     return list(groups.values())
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str, power: float = 1.0) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "poly":
-        return (1 - progress) ** power
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Callable, steps: int,
           lr: float, warmup: int, schedule: str = "cosine", power: float = 1.0,
           progress=None, task: str = "training", amp: str = "none") -> list[float]:
@@ -73,9 +64,9 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
     model.train()
     losses = []
     for step in range(steps):
-        factor = lr_factor(step, steps, warmup, schedule, power)
+        rate = lr_at(step, steps, warmup, lr, decay=schedule, power=power)
         for group in optimizer.param_groups:
-            group["lr"] = lr * factor * group["lr_scale"]
+            group["lr"] = rate * group["lr_scale"]
         batch = [(t.pin_memory() if pin else t).to(device, non_blocking=True) for t in next(batches)]
         with autocast(device, amp):
             loss = loss_fn(model, batch)

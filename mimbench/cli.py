@@ -289,6 +289,11 @@ def bench_command(target, preset, overrides, batch, repeats):
 
     config = cfg.resolve(preset, target=target, overrides=tuple(overrides))
     f = bench(config, repeats=repeats, batch_size=batch)
+    from mimbench.distributed import resolve_device
+    from mimbench.suites.estimate import save_rate
+
+    if resolve_device(config.run.device).type == "cpu":  # the rate suite dry runs plan with
+        save_rate(f["achieved_flops"], f"measured by mimbench bench --preset {preset} --target {target}")
     table = Table(title=f"{preset} / {target}: batch {f['batch']}, median of {f['repeats']}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -377,8 +382,12 @@ def print_estimate(loaded, runs) -> None:
                       f"{row['images']:,}", f"{row['flops'] / 1e12:,.1f}")
     Console().print(table)
     click.echo(f"total: {figures['total_flops'] / 1e15:,.2f} PFLOPs ({figures['counted']}).")
-    click.echo(f"this machine, one run at a time: {figures['cpu_time']} of student steps "
-               f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, timed on a tiny student step); "
+    if figures["teachers_to_build"]:
+        click.echo(f"teachers to build first: {', '.join(figures['teachers_to_build'])} "
+                   f"({figures['teacher_build_time']} as measured on 2 CPU cores).")
+    click.echo(f"this machine, one run at a time: {figures['cpu_time']}, teacher builds included "
+               f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, {figures['cpu_rate_source']}; "
+               f"`mimbench bench` measures it anew); "
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
     if notes:

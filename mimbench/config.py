@@ -535,8 +535,6 @@ def check_values(config: Config) -> None:
 
     check_installed(config.run.loggers)
     if {"segmentation", "seg_linear"} & set(config.run.evals):
-        from mimbench.evals.segmentation import check_label_maps
-
         check_label_maps(config)
     seg = config.segmentation
     if seg.crop is not None and seg.crop < s.patch_size:
@@ -571,3 +569,16 @@ def diff(config: Config, base: Config | None = None) -> dict:
     """The keys of `config` that differ from `base` (default: the tiny defaults), flattened."""
     a, b = to_dict(config), to_dict(base or Config())
     return {f"{s}.{k}": v for s in a for k, v in a[s].items() if b[s].get(k, object()) != v}
+
+
+def check_label_maps(config) -> None:
+    """Segmentation reads ADE20K or an evaluation dataset that can give label maps."""
+    from mimbench.data import DATASETS
+
+    if config.segmentation.dataset == "ade20k":
+        return
+    factory = DATASETS.get(config.eval_data.name).factory
+    if "labels" not in inspect.signature(factory).parameters:
+        raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
+                          f"does not have; drop segmentation and seg_linear from run.evals, or "
+                          f"use the world or segmentation.dataset=ade20k with segmentation.root.")

@@ -24,6 +24,7 @@ from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
 from mimbench.errors import ConfigError, Interrupted, MimbenchError, TrainingDiverged
+from mimbench.lr_schedule import lr_at
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
@@ -62,14 +63,6 @@ def autocast(device: torch.device, mode: str):
     if mode == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warmup for `warmup` steps, then cosine from `peak` to `floor` at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def schedule(config: Config, dataset_size: int, world_size: int = 1) -> dict:

@@ -1,16 +1,20 @@
 """Compute estimates for `suite run --dry-run`: the student's training FLOPs, counted by
 torch's FlopCounterMode on one real step, times the images the schedule will show it; this
-machine's time at the FLOP rate of a timed tiny student step; seconds, not minutes."""
+machine's time at its measured FLOP rate (see `machine_rate`); the teachers still to build,
+at their measured build times. Answers in seconds."""
 
 from __future__ import annotations
 
+import datetime
 import inspect
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mimbench import config as cfg
+from mimbench import config as cfg, teachers
 from mimbench.data import DATASETS, build_dataset
 from mimbench.engine import schedule
 from mimbench.errors import MimbenchError
@@ -18,6 +22,7 @@ from mimbench.masking import build_masking
 from mimbench.student import build_student
 from mimbench.suites.schema import RunSpec
 from mimbench.targets.base import TargetSpec
+from mimbench.weights import cache_dir
 
 IMAGENET_TRAIN = 1_281_167  # images per epoch when the data folder is not on this machine
 GPU = {"name": "A100 (bf16 dense 312 TFLOP/s at 40 % utilisation)", "flops": 312e12 * 0.4}
@@ -42,6 +47,30 @@ def step_flops_per_image(spec: RunSpec) -> float:
     with FlopCounterMode(display=False) as counter:
         student(images, mask).square().mean().backward()
     return float(counter.get_total_flops())
+
+
+def rate_file() -> Path:
+    """Where this machine's CPU rate is kept, per thread count (CPU speed depends on it)."""
+    return cache_dir() / "bench" / f"cpu-{torch.get_num_threads()}-threads.json"
+
+
+def save_rate(flops_per_s: float, source: str) -> None:
+    path = rate_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    day = datetime.date.today().isoformat()
+    path.write_text(json.dumps({"flops_per_s": flops_per_s, "source": f"{source}, {day}"}))
+
+
+def machine_rate() -> tuple[float, str]:
+    """FLOP/s of this machine's CPU and where the figure comes from: the last `mimbench bench`
+    run here on the CPU (a whole pre-training step, teacher and optimizer included); failing
+    that, a tiny student step timed now and kept for the next dry run."""
+    path = rate_file()
+    if path.exists():
+        record = json.loads(path.read_text())
+        return record["flops_per_s"], record["source"]
+    save_rate(cpu_rate(), "timed on a tiny student step")
+    return machine_rate()
 
 
 def cpu_rate(repeats: int = 3) -> float:
@@ -85,9 +114,29 @@ def duration(hours: float) -> str:
     return f"about {rounded(hours / 24)} days"
 
 
+def teachers_needed(runs: list[RunSpec]) -> list[str]:
+    """The in-project teachers the runs load ("teacher:NAME" options), with the teachers those
+    are built from, in build order."""
+    names: list[str] = []
+
+    def add(name: str) -> None:
+        source = getattr(teachers.get(name).config, "teacher", None)  # vqkd distils the clip teacher
+        if source:
+            add(source)
+        if name not in names:
+            names.append(name)
+
+    for spec in runs:
+        for value in spec.config.target.options.values():
+            if isinstance(value, str) and value.startswith(teachers.PREFIX):
+                add(value[len(teachers.PREFIX):])
+    return names
+
+
 def estimate(runs: list[RunSpec]) -> dict:
     """Per run: images seen in pre-training and fine-tuning, FLOPs; totals as this machine's
-    time (at the rate of a timed tiny student step) and as time on the reference GPU."""
+    time (at its measured FLOP rate, plus the teachers still to build) and as time on the
+    reference GPU."""
     per_image: dict[str, float] = {}  # student shape -> FLOPs
     sizes: dict[str, tuple[int, str]] = {}
     rows, total = [], 0.0
@@ -108,11 +157,14 @@ def estimate(runs: list[RunSpec]) -> dict:
         flops = images * per_image[key]
         total += flops
         rows.append({"id": spec.id, "images": images, "flops": flops, "data": size_note})
-    rate = cpu_rate()
+    rate, rate_source = machine_rate()
+    to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
+    build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
+    cpu_hours = total / rate / 3600 + build_hours
     gpu_hours = total / GPU["flops"] / 3600
-    return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_hours": total / rate / 3600,
-            "cpu_time": duration(total / rate / 3600), "gpu": GPU["name"], "gpu_hours": gpu_hours,
-            "gpu_time": duration(gpu_hours),
-            "counted": "student forward+backward in pre-training and fine-tuning; teacher forward, "
-                       "teacher builds, linear-probe features and the segmentation head are not "
-                       "counted"}
+    return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_rate_source": rate_source,
+            "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
+            "teacher_build_time": duration(build_hours) if to_build else "none",
+            "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),
+            "counted": "student forward+backward in pre-training and fine-tuning; the teacher's "
+                       "forward, linear-probe features and the segmentation head are not counted"}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import queue
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,20 @@ def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
         source = spec.source or str(folder)
         results = run_evals(missing, spec.config, source, folder, progress, preset)
     return results
+
+
+_PROGRESS: multiprocessing.Queue | None = None  # in a --jobs worker: where its progress goes
+
+
+def _start_worker(threads: int, progress: multiprocessing.Queue) -> None:
+    global _PROGRESS
+    torch.set_num_threads(threads)
+    _PROGRESS = progress
+
+
+def _relay(run_id: str, task: str, step: int, total: int, metrics: dict) -> None:
+    """A worker's progress, sent to the suite's process, which shows it."""
+    _PROGRESS.put((f"{run_id} {task}", step, total, metrics))
 
 
 def row(spec: RunSpec, folder: Path, results: dict, base: cfg.Config) -> dict:
@@ -134,19 +150,36 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
             finished(i, reused=False)
     elif todo:
         threads = max(1, torch.get_num_threads() // jobs)
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=torch.set_num_threads, initargs=(threads,))
+        context = multiprocessing.get_context("spawn")
+        updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
+        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                   initargs=(threads, updates))
         # seed by seed, so that runs of different targets (and teachers) train side by side
         todo.sort(key=lambda i: suite.seeds.index(runs[i].seed))
         try:
-            pending = {pool.submit(run_one, runs[i], folders[i], suite.preset): i for i in todo}
-            for future in as_completed(pending):
-                future.result()  # a failed run stops the suite; finished ones are kept
-                finished(pending[future], reused=False)
+            pending = {pool.submit(run_one, runs[i], folders[i], suite.preset,
+                                   functools.partial(_relay, runs[i].id)): i for i in todo}
+            while pending:
+                ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                _show(updates, progress)
+                for future in ended:
+                    future.result()  # a failed run stops the suite; finished ones are kept
+                    finished(pending.pop(future), reused=False)
         finally:
             pool.shutdown(cancel_futures=True)
     base = cfg.resolve(suite.preset)
     return [row(spec, folder, _read(folder / RESULTS), base) for spec, folder in zip(runs, folders)]
+
+
+def _show(updates: multiprocessing.Queue, progress) -> None:
+    """Pass on what the workers reported since the last call."""
+    while True:
+        try:
+            update = updates.get_nowait()
+        except queue.Empty:
+            return
+        if progress:
+            progress(*update)
 
 
 def _read(path: Path) -> dict:

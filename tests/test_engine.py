@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 from mimbench import config as cfg, engine
 from mimbench.data.views import (STUDENT_MEAN, STUDENT_STD, MIMViews, StreamSampler, student_input,
                                   teacher_input)
-from mimbench.engine import RunDir, lr_at, pretrain, schedule
+from mimbench.engine import RunDir, pretrain, schedule
 from mimbench.errors import ConfigError, TrainingDiverged
 from mimbench.masking import RandomMasking
 from mimbench.registry import Entry
@@ -15,14 +14,6 @@ from mimbench.student import Student
 from mimbench.targets import TARGETS
 from mimbench.targets.pixels import PixelTarget
 from mimbench.testing import TargetContractError
-
-
-def test_lr_schedule_warms_up_then_follows_a_cosine():
-    lrs = [lr_at(s, 100, 10, 1.0, 0.0) for s in range(100)]
-    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
-    assert lrs[10] == pytest.approx(1.0)
-    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
 def test_schedule_from_epochs_and_lr_scaling():

@@ -75,6 +75,17 @@ def test_paper_suites_dry_run_shows_their_compute(name):
     assert 0.8 * images * 17.6e9 * 6 / 1e15 < total < 1.25 * images * 17.6e9 * 6 / 1e15
 
 
+def test_dry_run_plans_with_the_bench_rate_and_the_teachers_to_build():
+    bench = run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
+    assert bench.returncode == 0, bench.stderr
+    achieved = bench.stdout.split("achieved")[1].split("GFLOP/s")[0].strip(" │|")
+    result = run_cli("suite", "run", "tiny", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    # an empty cache: the three teachers, vqkd after the clip teacher it distils
+    assert "teachers to build first: clip, dvae, vqkd" in result.stdout
+    assert f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s, measured by mimbench bench" in result.stdout
+
+
 def test_durations_have_one_significant_figure():
     from mimbench.suites.estimate import duration
 
@@ -226,6 +237,8 @@ def test_parallel_jobs_finish_every_run_and_reuse_them(tmp_path):
     assert sorted(r["id"] for r in rows) == ["pixels-s0", "pixels-s1", "random-s0", "random-s1"]
     assert all("linear_probe.top1" in r["metrics"] for r in rows)
     assert all(len(r["loss_curve"]) == 4 for r in rows if r["target"] == "pixels")
+    # the workers' progress reaches the suite's log, named by run
+    assert "pixels-s0 pre-training 4/4" in result.stderr and "pixels-s1 pre-training 4/4" in result.stderr
     again = run_cli("suite", "run", suite, "--out", out, "--jobs", "2")
     assert again.returncode == 0 and again.stderr.count("finished earlier, reused") == 4
 

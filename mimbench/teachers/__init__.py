@@ -35,6 +35,7 @@ class Teacher:
     weights_file: str  # the file whose checksum guards the cache
     reference: Callable[[Path], dict]  # folder -> the target options that load it
     config: object  # a frozen dataclass; its hash names the cache folder
+    build_minutes: float  # wall minutes of one build on the 2-core reference machine (docs/teachers.md)
 
 
 def _registry() -> dict[str, Teacher]:
@@ -91,6 +92,11 @@ def get(name: str) -> Teacher:
         raise ConfigError(f"unknown teacher '{name}'{did_you_mean(name, teachers)}; "
                           f"teachers are: {', '.join(teachers)}.")
     return teachers[name]
+
+
+def cached(name: str) -> bool:
+    teacher = get(name)
+    return _intact(folder_for(teacher), teacher)
 
 
 def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -> tuple[Path, dict]:

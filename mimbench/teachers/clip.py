@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mimbench.data.world import SHAPES, World, describe
+from mimbench.lr_schedule import lr_at
 from mimbench.teachers import Teacher
 
 
@@ -72,8 +72,9 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     for step in range(config.steps):
-        lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) * \
-            0.5 * (1 + math.cos(math.pi * step / config.steps))
+        # the ramp scales a cosine over the whole run (no warmup offset): the cached teacher
+        # and every figure built on it were trained with this shape
+        lr = min(1.0, (step + 1) / config.warmup_steps) * lr_at(step, config.steps, 0, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = rng.choice(len(scenes), config.batch_size, replace=False)
@@ -161,8 +162,8 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig()),
+    Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig(), 10.7),
     Teacher("clip-smoke", build, "open_clip_model.safetensors", reference,
             ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32, warmup_steps=1,
-                              eval_pairs=64)),
+                              eval_pairs=64), 0.1),
 ]

@@ -111,8 +111,8 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    Teacher("dvae", build, WEIGHTS, reference, DVAETeacherConfig()),
+    Teacher("dvae", build, WEIGHTS, reference, DVAETeacherConfig(), 17.2),
     Teacher("dvae-smoke", build, WEIGHTS, reference,
             DVAETeacherConfig(image_size=32, images=128, crop=16, steps=3, batch_size=8,
-                              eval_images=32)),
+                              eval_images=32), 0.1),
 ]

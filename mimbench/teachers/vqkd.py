@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mimbench import teachers
-from mimbench.evals.training import lr_factor
+from mimbench.lr_schedule import lr_at
 from mimbench.targets import build_target
 from mimbench.targets.vqkd import VQKD, reconstruction_loss
 
@@ -62,7 +62,7 @@ def build(config: VQKDTeacherConfig, folder: Path, progress=None) -> dict:
     model.train()
     for step in range(config.steps):
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config.steps, config.warmup_steps, "cosine")
+            group["lr"] = lr_at(step, config.steps, config.warmup_steps, config.lr)
         x = images[rng.choice(len(images), config.batch_size, replace=False)].float() / 255
         goal = target(x)  # [B, N, D] the teacher's features
         quantised, _, commitment = model.encode(x)
@@ -104,9 +104,9 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    teachers.Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig()),
+    teachers.Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig(), 6.5),
     teachers.Teacher("vqkd-smoke", build, WEIGHTS, reference,
                      VQKDTeacherConfig(teacher="clip-smoke", image_size=32, images=128, width=32,
                                        codebook_size=64, steps=3, batch_size=8, warmup_steps=1,
-                                       eval_images=32)),
+                                       eval_images=32), 0.1),
 ]
