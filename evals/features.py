@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from mimbench import config as cfg
-from mimbench.distributed import resolve_device
+from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.data.views import resize_all, teacher_input, uint8_tensor
 from mimbench.errors import ConfigError, DataError
 from mimbench.evals.backbone import pooled_features
@@ -44,13 +44,17 @@ def student_features(encoder, config, source: str) -> FrozenModel:
     device = resolve_device(config.run.device)
     encoder.eval().to(device)
 
-    def embed(images):
-        batch = student_batch(images, size).to(device)
-        return pooled_features(encoder, batch, block, probe.pooling).cpu()
+    def embed(images):  # on the run's device, under the preset's autocast
+        with autocast(device, config.optim.amp):
+            pooled = pooled_features(encoder, to_device(student_batch(images, size), device), block,
+                                     probe.pooling)
+        return pooled.float().cpu()
 
     def patch_map(images):
-        batch = student_batch(images, size).to(device)
-        return encoder.forward_intermediates(batch, indices=[block], intermediates_only=True)[0].cpu()
+        with autocast(device, config.optim.amp):
+            maps = encoder.forward_intermediates(to_device(student_batch(images, size), device),
+                                                 indices=[block], intermediates_only=True)[0]
+        return maps.float().cpu()
 
     return FrozenModel(embed, f"{source}|{block}|{probe.pooling}|{size}", source,
                        f"{probe.pooling}-pooled block {block}", patch_map)
@@ -72,7 +76,8 @@ def target_features(config, source: str) -> FrozenModel:
 
     def patch_map(images):
         views = resize_all([uint8_tensor(im) for im in images], spec.input_size, spec.interpolation)
-        tokens = provider(teacher_input(views.to(device))).cpu()  # [B, N, D]
+        with autocast(device, config.run.teacher_amp):  # as in pre-training
+            tokens = provider(teacher_input(to_device(views, device))).float().cpu()  # [B, N, D]
         return tokens.transpose(1, 2).reshape(len(images), -1, *spec.grid)  # [B, D, h, w]
 
     def embed(images):

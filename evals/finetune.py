@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from mimbench.distributed import resolve_device
+from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.errors import DataError
 from mimbench.evals.backbone import input_size
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
@@ -74,12 +74,12 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
     return model, losses
 
 
-def top1(model: Classifier, dataset, size: int) -> float:
+def top1(model: Classifier, dataset, size: int, amp: str = "none") -> float:
     correct = 0
     device = next(model.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):
         for x, y in Batches(dataset, size):
-            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+            correct += (model(to_device(x, device)).argmax(1).cpu() == y).sum().item()
     return correct / len(dataset) * 100
 
 
@@ -104,4 +104,4 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
             "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
-    return {"top1": top1(model, val_set, size), "card": card}
+    return {"top1": top1(model, val_set, size, config.optim.amp), "card": card}

@@ -15,7 +15,7 @@ from torch import nn
 from mimbench.data import build_dataset
 from mimbench.data.seg_augment import augment, rescaled_size
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
-from mimbench.distributed import resolve_device
+from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.config import check_label_maps
 from mimbench.errors import ConfigError
 from mimbench.evals.backbone import input_size
@@ -228,7 +228,9 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
             images = student_batch([image for image, _ in items], size)
         else:  # one keep-ratio image, windows slide over it
             images = test_image(items[0][0], cfg)
-        logits = predict(model, images.to(device), cfg.crop, cfg.stride, classes).cpu()  # [b, classes, h, w]
+        with autocast(device, config.optim.amp):
+            logits = predict(model, to_device(images, device), cfg.crop, cfg.stride, classes)
+        logits = logits.float().cpu()  # [b, classes, h, w]
         for (_, label), logit in zip(items, logits):
             label = np.asarray(label)
             logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 from torch import nn
 
+from mimbench.distributed import autocast, to_device
 from mimbench.lr_schedule import lr_at
 from mimbench.optim import adamw
 from mimbench.student import exempt_from_weight_decay
@@ -56,18 +57,15 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
           progress=None, task: str = "training", amp: str = "none") -> list[float]:
     """Run `steps` AdamW steps of loss_fn(model, batch), under bf16 autocast when `amp` is
     "bf16" (the paper preset's optim.amp); returns the loss per step."""
-    from mimbench.engine import autocast
-
     optimizer = adamw(groups, lr=lr)
     device = next(model.parameters()).device  # batches come as CPU tensors and go where the model is
-    pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     model.train()
     losses = []
     for step in range(steps):
         rate = lr_at(step, steps, warmup, lr, decay=schedule, power=power)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
-        batch = [(t.pin_memory() if pin else t).to(device, non_blocking=True) for t in next(batches)]
+        batch = [to_device(t, device) for t in next(batches)]
         with autocast(device, amp):
             loss = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)

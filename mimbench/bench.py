@@ -97,10 +97,10 @@ class BareReference:
         self.amp, self.teacher_amp = config.optim.amp, config.run.teacher_amp  # as the step runs
 
     def __call__(self, batch: dict) -> None:
-        with torch.inference_mode(), engine.autocast(self.device, self.teacher_amp):
+        with torch.inference_mode(), distributed.autocast(self.device, self.teacher_amp):
             target = self.provider(teacher_input(batch["teacher"]))
         target = target.clone()
-        with engine.autocast(self.device, self.amp):
+        with distributed.autocast(self.device, self.amp):
             images = student_input(batch["student"])
             tokens = (self.mae_tokens(images, batch["mask"]) if self.mae else
                       self.vit.forward_features(images)[:, -batch["mask"].shape[1]:])  # [B, N, D]

@@ -6,6 +6,7 @@ same code runs a laptop job and a multi-node one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,20 @@ def init(device_name: str) -> tuple[World, torch.device]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, device
+
+
+def autocast(device: torch.device, mode: str):
+    """bf16 autocast on `device` when `mode` (optim.amp, run.teacher_amp) is "bf16"."""
+    if mode == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on `device`; page-locked first for a GPU, so that the copy is asynchronous."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def resolve_device(name: str) -> torch.device:

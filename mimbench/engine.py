@@ -59,12 +59,6 @@ def build_target_for(config: Config, progress: ProgressFn | None = None):
     return provider
 
 
-def autocast(device: torch.device, mode: str):
-    if mode == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def schedule(config: Config, dataset_size: int, world_size: int = 1) -> dict:
     """Total and warmup optimizer steps, effective batch and peak lr the config implies."""
     o = config.optim
@@ -354,7 +348,7 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
     so the gradient equals one process's over one batch of that size."""
     targets = []
     cached = isinstance(provider, TargetCache)
-    with torch.inference_mode(), autocast(device, config.run.teacher_amp):
+    with torch.inference_mode(), distributed.autocast(device, config.run.teacher_amp):
         for b in micro:
             view = teacher_input(b["teacher"].to(device, non_blocking=True))  # [B, 3, T, T]
             targets.append(checked_targets(provider, view, b["index"] if cached else None, spec,
@@ -374,7 +368,7 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
         last = i == len(micro) - 1
         sync = contextlib.nullcontext() if last or world_size == 1 else model.no_sync()
         with sync:
-            with autocast(device, config.optim.amp):
+            with distributed.autocast(device, config.optim.amp):
                 view = student_input(b["student"].to(device, non_blocking=True))  # [B, 3, S, S]
                 pred = model(view, mask)  # [B, N, dim]
             token_loss = token_losses(pred, target, mask, loss_name).sum()

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,20 +160,29 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model():
 
 @pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
 def test_fine_tuning_follows_the_presets_autocast(amp, dtype):
-    """optim.amp=bf16 (the paper preset) runs the fine-tuning steps under bf16 autocast; the
-    head's output dtype, seen by a hook, says which."""
+    """optim.amp=bf16 (the paper preset) runs the fine-tuning steps and the validation under
+    bf16 autocast, and the probes' features too; the output dtypes, seen by hooks, say which."""
     from mimbench.evals import finetune as ft
+    from mimbench.evals.features import student_features
     from mimbench.student import build_encoder
 
     config = cfg.resolve("smoke", overrides=(f"optim.amp={amp}", "finetune.steps=2"))
-    seen = []
+    seen = {True: [], False: []}  # training / evaluation
     original = ft.Classifier.__init__
 
     def spy(self, encoder, classes):
         original(self, encoder, classes)
-        self.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+        self.head.register_forward_hook(lambda m, i, out: seen[m.training].append(out.dtype))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ft.Classifier, "__init__", spy)
         ft.finetune(build_encoder(config.student), config, "test")
-    assert seen and set(seen) == {dtype}
+    assert seen[True] and set(seen[True]) == {dtype}
+    assert seen[False] and set(seen[False]) == {dtype}
+
+    encoder = build_encoder(config.student)
+    qkv_out = []
+    encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, out: qkv_out.append(out.dtype))
+    images = [np.zeros((32, 32, 3), np.uint8)] * 2
+    features = student_features(encoder, config, "test").embed(images)
+    assert set(qkv_out) == {dtype} and features.dtype == torch.float32
