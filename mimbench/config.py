@@ -1,7 +1,9 @@
 """Run configuration: frozen dataclasses whose defaults are the `tiny` preset.
 
-Resolution order: defaults -> preset -> YAML file (--config) -> --target -> --set overrides;
-then the student style's masking (STYLE_MASKING) for the mask keys the file and --set left.
+Resolution order: defaults -> preset (with its per-target defaults, TARGET_DEFAULTS) -> YAML
+file (--config) -> --target -> --set overrides; then the student style's masking
+(STYLE_MASKING) for the mask keys the file and --set left. README (Presets) says the
+same for users; tests/test_config.py checks every pair of stages.
 `target` and `data` sections hold a registry name plus that entry's own options, checked
 against the factory's signature so a typo gets a "did you mean".
 """
@@ -420,14 +422,17 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     config = apply(Config(), PRESETS[preset])
     config = apply(config, {"run": {"preset": preset}})
     from_file = load_yaml(config_file) if config_file is not None else {}
-    config = apply(config, from_file)
-    if target is not None:
-        config = apply(config, {"target": {"name": target}})
-    from_file_target = from_file.get("target") or {}
-    # the file's target keys stand unless --target switched to another target than the file's
-    same = from_file_target.get("name", config.target.name) == config.target.name
-    chosen = from_file_target if same else {}
-    defaults = TARGET_DEFAULTS.get(preset, {}).get(config.target.name, {})
+    file_target = from_file.get("target") or {}
+    set_target = [parse_override(o).get("target", {}) for o in overrides]
+    # the run's target: the last --set target.name, else --target, else the file's, else the preset's
+    names = [t["name"] for t in set_target if "name" in t]
+    name = names[-1] if names else target or file_target.get("name") or config.target.name
+    # a file's target keys belong to the target it names: they stand only if that is the run's
+    same = file_target.get("name", name) == name
+    config = apply(config, from_file if same else {k: v for k, v in from_file.items() if k != "target"})
+    config = apply(config, {"target": {"name": name}})
+    chosen = (set(file_target) if same else set()) | {key for t in set_target for key in t}
+    defaults = TARGET_DEFAULTS.get(preset, {}).get(name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     config = with_overrides(config, overrides)
     chosen = set(from_file.get("mask") or {})  # the mask keys the user set

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
@@ -68,6 +69,44 @@ def test_a_config_files_target_keys_outrank_the_presets_target_defaults(tmp_path
     assert config.target.options["model"] == "teacher:clip"  # the defaults the file left alone
     path.write_text("target:\n  name: timm\n  layer: 3\n")  # another target's keys do not carry over
     assert cfg.resolve("tiny", config_file=path, target="clip").target.options["layer"] == 2
+
+
+def resolved(tmp_path, preset="tiny", file=None, target=None, sets=()):
+    path = None
+    if file is not None:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(file))
+    return cfg.resolve(preset, config_file=path, target=target, overrides=sets)
+
+
+# One case per pair of stages in the chain defaults -> preset (with its per-target defaults) ->
+# --config file -> --target -> --set: both stages set the same key, the later one wins.
+PAIRS = {
+    "defaults<preset": (dict(preset="smoke"), lambda c: c.optim.steps, 6),
+    "defaults<file": (dict(file={"optim": {"steps": 7}}), lambda c: c.optim.steps, 7),
+    "defaults<target": (dict(target="dvae"), lambda c: c.target.name, "dvae"),
+    "defaults<set": (dict(sets=("optim.steps=9",)), lambda c: c.optim.steps, 9),
+    "preset<file": (dict(preset="smoke", file={"optim": {"steps": 7}}), lambda c: c.optim.steps, 7),
+    "preset target default<file": (dict(file={"target": {"name": "clip", "layer": 3}}),
+                                   lambda c: c.target.options["layer"], 3),
+    "preset target default<target": (dict(preset="smoke", target="dvae"),  # smoke's dvae weights, not clip's model
+                                     lambda c: c.target.options, {"weights": "teacher:dvae-smoke"}),
+    "preset<set": (dict(preset="smoke", sets=("optim.steps=9",)), lambda c: c.optim.steps, 9),
+    "preset target default<set": (dict(target="clip", sets=("target.layer=3",)),
+                                  lambda c: c.target.options["layer"], 3),
+    "file<target": (dict(file={"target": {"name": "pixels", "normalize": False}}, target="clip"),
+                    lambda c: (c.target.name, c.target.options["layer"]), ("clip", 2)),
+    "file<set": (dict(file={"optim": {"steps": 7}}, sets=("optim.steps=9",)), lambda c: c.optim.steps, 9),
+    "target<set": (dict(target="clip", sets=("target.name=dvae",)),  # and dvae gets its preset defaults
+                   lambda c: (c.target.name, c.target.options), ("dvae", {"weights": "teacher:dvae"})),
+}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_each_stage_of_the_chain_outranks_the_ones_before(tmp_path, pair):
+    stages, value_of, expected = PAIRS[pair]
+    assert value_of(resolved(tmp_path, **stages)) == expected
+    assert cfg.Config().optim.steps not in (6, 7, 9) and cfg.Config().target.name != "dvae"
 
 
 def test_target_options_are_converted_by_their_annotations():
