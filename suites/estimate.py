@@ -134,7 +134,7 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
 
 
 def estimate(runs: list[RunSpec]) -> dict:
-    """Per run: images seen in pre-training and fine-tuning, FLOPs; totals as this machine's
+    """Per run: images seen in pre-training, fine-tuning and segmentation, FLOPs; totals as this machine's
     time (at its measured FLOP rate, plus the teachers still to build) and as time on the
     reference GPU."""
     per_image: dict[str, float] = {}  # student shape -> FLOPs
@@ -155,6 +155,11 @@ def estimate(runs: list[RunSpec]) -> dict:
         if "finetune" in spec.config.run.evals:
             images += ft_steps * f.batch_size
         flops = images * per_image[key]
+        seg = spec.config.segmentation
+        if "segmentation" in spec.config.run.evals:  # the encoder's steps, at the crop's token count
+            tokens = (seg.crop / spec.config.student.img_size) ** 2 if seg.crop else 1.0
+            images += seg.steps * seg.batch_size
+            flops += seg.steps * seg.batch_size * tokens * per_image[key]
         total += flops
         rows.append({"id": spec.id, "images": images, "flops": flops, "data": size_note})
     rate, rate_source = machine_rate()
@@ -166,5 +171,6 @@ def estimate(runs: list[RunSpec]) -> dict:
             "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
             "teacher_build_time": duration(build_hours) if to_build else "none",
             "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),
-            "counted": "student forward+backward in pre-training and fine-tuning; the teacher's "
-                       "forward, linear-probe features and the segmentation head are not counted"}
+            "counted": "student forward+backward in pre-training, fine-tuning and segmentation (its "
+                       "crops counted by their patch count); the teacher's forward, the probes' "
+                       "features and the segmentation decoder are not counted"}
