@@ -423,21 +423,23 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     config = apply(config, {"run": {"preset": preset}})
     from_file = load_yaml(config_file) if config_file is not None else {}
     file_target = from_file.get("target") or {}
-    set_target = [parse_override(o).get("target", {}) for o in overrides]
+    parsed = [parse_override(o) for o in overrides]
+
+    def set_keys(section: str) -> set[str]:  # the keys of `section` that --set gives
+        return {key for p in parsed for key in p.get(section, {})}
+
     # the run's target: the last --set target.name, else --target, else the file's, else the preset's
-    names = [t["name"] for t in set_target if "name" in t]
+    names = [p["target"]["name"] for p in parsed if "name" in p.get("target", {})]
     name = names[-1] if names else target or file_target.get("name") or config.target.name
     # a file's target keys belong to the target it names: they stand only if that is the run's
     same = file_target.get("name", name) == name
     config = apply(config, from_file if same else {k: v for k, v in from_file.items() if k != "target"})
     config = apply(config, {"target": {"name": name}})
-    chosen = (set(file_target) if same else set()) | {key for t in set_target for key in t}
+    chosen = (set(file_target) if same else set()) | set_keys("target")
     defaults = TARGET_DEFAULTS.get(preset, {}).get(name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     config = with_overrides(config, overrides)
-    chosen = set(from_file.get("mask") or {})  # the mask keys the user set
-    chosen |= {key for o in overrides for section, keys in parse_override(o).items()
-               if section == "mask" for key in keys}
+    chosen = set(from_file.get("mask") or {}) | set_keys("mask")  # the mask keys the user set
     return with_style_masking(config, chosen)
 
 
