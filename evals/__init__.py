@@ -42,7 +42,7 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool) -> 
 
     out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
-    trackers = Trackers(out, config)
+    trackers = Trackers(out, config, "evaluate")
     try:
         _evaluate(names, config, source, run, progress, preset, is_target, results, trackers)
     finally:

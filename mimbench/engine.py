@@ -102,7 +102,7 @@ class RunDir:
         run_lock.hold(self.path)
         if not self.config.exists():
             self.config.write_text(cfg.dump_yaml(config))
-        self.trackers = Trackers(self.path, config)
+        self.trackers = Trackers(self.path, config, "pretrain")
 
     def log_metrics(self, row: dict) -> None:
         with self.metrics.open("a") as f:

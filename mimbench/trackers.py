@@ -5,7 +5,8 @@ Pre-training scalars go under `pretrain/` at their step; each evaluation's numbe
 `<evaluation>/` at the run's last pre-training step, its protocol card as text. TensorBoard
 writes into RUN/tensorboard, so a suite's runs (SUITE_OUT/runs/<id>/tensorboard) overlay
 under one `tensorboard --logdir SUITE_OUT/runs`. W&B runs offline or not at all as
-WANDB_MODE says; its files go under RUN/wandb.
+WANDB_MODE says; its files go under RUN/wandb, one W&B run per stage (job type `pretrain` or
+`evaluate`) grouped under the run directory's name.
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ class TensorBoard:
 
 
 class Wandb:
-    def __init__(self, path: Path, config: dict):
+    def __init__(self, path: Path, config: dict, stage: str):
         import wandb
 
-        # one W&B run per run directory, resumed by the same id after an interruption
-        run_id = "mimbench-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mimbench"), name=path.name,
-                              id=run_id, resume="allow", dir=str(path), config=config,
-                              reinit="create_new")
+        # one W&B run per run directory and stage, resumed by the same id after an interruption;
+        # stages never share an id, as offline files are named by id and second: two stages
+        # starting within one second would write the same file
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mimbench"),
+                              name=f"{path.name}-{stage}", group=path.name, job_type=stage,
+                              id=f"mimbench-{digest}-{stage}", resume="allow", dir=str(path),
+                              config=config, reinit="create_new")
 
     def scalars(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
@@ -66,19 +70,27 @@ class Wandb:
         self.run.summary[tag] = text
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() only asks W&B's service process to close the run's file; shutting the
+        # service down waits until it has (left running when the caller has a W&B run of its own)
+        if wandb.run is None:
+            wandb.teardown()
 
 
 class Trackers:
     """The trackers `run.loggers` names (jsonl is the run directory's own metrics file)."""
 
-    def __init__(self, path: Path, config):
+    def __init__(self, path: Path, config, stage: str):
+        """stage: "pretrain" or "evaluate"."""
         from mimbench.config import to_dict
 
         check_installed(config.run.loggers)
-        kinds = {"tensorboard": TensorBoard, "wandb": Wandb}
-        self.open = [kinds[name](Path(path), to_dict(config)) for name in config.run.loggers
-                     if name in kinds]
+        path, values = Path(path), to_dict(config)
+        kinds = {"tensorboard": lambda: TensorBoard(path, values),
+                 "wandb": lambda: Wandb(path, values, stage)}
+        self.open = [kinds[name]() for name in config.run.loggers if name in kinds]
 
     def scalars(self, step: int, values: dict) -> None:
         for tracker in self.open:

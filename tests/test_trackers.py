@@ -41,14 +41,17 @@ def test_wandb_offline_run_files_hold_the_scalars(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run, results = trained(tmp_path, "[jsonl, wandb]")
-    logs = sorted((run.path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(logs) == 2  # pre-training, then the evaluation: one W&B run id, resumed
-    assert len({p.parent.name.split("-", 3)[-1] for p in logs}) == 1
-    written = b"".join(p.read_bytes() for p in logs)  # records hold keys and JSON values as text
+    # one W&B run per stage, named <run directory>-<stage>; read as soon as the stage returned
+    logs = {p.parent.name.rsplit("-", 1)[-1]: p.read_bytes()
+            for p in (run.path / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert sorted(logs) == ["evaluate", "pretrain"]
     last = json.loads(run.metrics.read_text().splitlines()[-1])
-    for text in ("pretrain/loss", json.dumps(last["loss"]), "linear_probe/top1",
-                 json.dumps(results["evals"]["linear_probe"]["top1"]), "linear_probe/card"):
-        assert text.encode() in written, text
+    for text in ("pretrain/loss", json.dumps(last["loss"]), "run-pretrain"):
+        assert text.encode() in logs["pretrain"], text  # records hold keys and JSON values as text
+    for text in ("linear_probe/top1", json.dumps(results["evals"]["linear_probe"]["top1"]),
+                 "linear_probe/card", "run-evaluate"):
+        assert text.encode() in logs["evaluate"], text
+    assert b"pretrain/loss" not in logs["evaluate"]
 
 
 def test_a_missing_tracker_package_names_the_pip_command(monkeypatch):
