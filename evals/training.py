@@ -14,12 +14,14 @@ from mimbench.student import exempt_from_weight_decay
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
-    """Stochastic depth rising linearly to `rate` at the last block, as timm builds it."""
-    from timm.layers import DropPath
+    """Stochastic depth rising linearly to `rate` at the last block, by timm's own rule.
 
-    depth = len(encoder.blocks)
-    for i, block in enumerate(encoder.blocks):
-        p = rate * i / max(1, depth - 1)
+    Set here, not when the encoder is built: an evaluation receives encoders built elsewhere (a
+    run's checkpoint, an exported folder, a timm name, a target's tower), and its protocol card
+    states the rate it trained with."""
+    from timm.layers import DropPath, calculate_drop_path_rates
+
+    for block, p in zip(encoder.blocks, calculate_drop_path_rates(rate, len(encoder.blocks))):
         for name in ("drop_path1", "drop_path2", "drop_path"):
             if hasattr(block, name):
                 setattr(block, name, DropPath(p) if p > 0 else nn.Identity())

@@ -8,7 +8,7 @@ from mimbench import config as cfg
 from mimbench.evals.knn import knn_predict
 from mimbench.evals.linear_probe import lbfgs_probe, mae_probe
 from mimbench.evals.segmentation import feature_blocks
-from mimbench.evals.training import param_groups
+from mimbench.evals.training import param_groups, set_drop_path
 
 
 def separable(n=600, dim=16, classes=4, seed=0):
@@ -96,6 +96,20 @@ def test_layer_decay_scales():
     assert scale_of[id(head.weight)] == 1.0
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert decay_of[id(encoder.pos_embed)] == 0 and decay_of[id(head.weight)] == 0.05
+
+
+@pytest.mark.parametrize("model", ["vit_tiny_patch16_224", "beit_base_patch16_224"])
+def test_drop_path_rises_linearly_to_the_protocols_rate(model):
+    import timm
+
+    encoder = timm.create_model(model, img_size=32, depth=4, embed_dim=32, num_heads=2, num_classes=0)
+    set_drop_path(encoder, 0.3)  # built without drop path, as a pre-trained tiny student is
+    for i, block in enumerate(encoder.blocks):
+        for module in (block.drop_path1, block.drop_path2):
+            assert getattr(module, "drop_prob", 0.0) == pytest.approx(0.3 * i / 3, abs=1e-7)
+    assert isinstance(encoder.blocks[0].drop_path1, torch.nn.Identity)
+    set_drop_path(encoder, 0.0)
+    assert all(isinstance(b.drop_path2, torch.nn.Identity) for b in encoder.blocks)
 
 
 def test_paper_preset_evaluations_are_the_published_ones():
