@@ -98,6 +98,25 @@ def test_layer_decay_scales():
     assert decay_of[id(encoder.pos_embed)] == 0 and decay_of[id(head.weight)] == 0.05
 
 
+def test_layer_decay_groups_equal_timms_for_a_beit_encoder():
+    """Our groups follow BEiT's rule (block i at decay ** (depth - i), what follows the blocks at
+    1) and give a timm BEiT encoder timm's own lr scales and weight decay. They stay ours: timm's
+    one-model helper does not cover the heads we add or a target's ResNet tower, and its ViT
+    matcher puts the final norm with the last block, which shifts every ViT scale by one
+    factor of the decay (test_layer_decay_scales pins BEiT's rule for a ViT)."""
+    import timm
+    from timm.optim import param_groups_layer_decay
+
+    encoder = timm.create_model("beit_base_patch16_224", img_size=32, depth=3, embed_dim=32,
+                                num_heads=2, num_classes=0)
+    ours = param_groups(encoder, torch.nn.Identity(), 0.05, 0.65)
+    theirs = param_groups_layer_decay(encoder, 0.05, encoder.no_weight_decay(), layer_decay=0.65)
+    rule = lambda groups: {id(p): (pytest.approx(g["lr_scale"]), g["weight_decay"])  # noqa: E731
+                           for g in groups for p in g["params"]}
+    assert rule(ours) == rule(theirs)
+    assert len(rule(ours)) == len(list(encoder.parameters()))
+
+
 @pytest.mark.parametrize("model", ["vit_tiny_patch16_224", "beit_base_patch16_224"])
 def test_drop_path_rises_linearly_to_the_protocols_rate(model):
     import timm
