@@ -99,14 +99,17 @@ def say(message: str) -> None:
 
 class ProgressBars:
     """One rich bar per task name (teacher builds, pre-training, evaluations): step, the loss
-    and img/s where the task reports them, elapsed time and ETA."""
+    and img/s where the task reports them, elapsed time and ETA. With keep_finished False a
+    bar goes when its task ends (a suite's runs would otherwise pile up bars)."""
 
-    def __init__(self):
+    def __init__(self, keep_finished: bool = True):
+        self.keep_finished = keep_finished
         self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(),
                              TextColumn("step {task.completed}/{task.total}"),
                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                              TextColumn("ETA"), TimeRemainingColumn(), console=console)
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, int] = {}  # task name -> rich task id
+        self.ips: dict[str, float] = {}
 
     def __enter__(self):
         self.bars.__enter__()
@@ -117,12 +120,15 @@ class ProgressBars:
 
     def __call__(self, name: str, step: int, total: int, metrics: dict) -> None:
         if name not in self.tasks:
-            self.tasks[name] = self.bars.add_task(name, total=total, info="", ips=None)
-        task = self.tasks[name]
-        ips = metrics.get("img_per_s", self.bars.tasks[task].fields["ips"])  # logged every few steps
+            self.tasks[name] = self.bars.add_task(name, total=total, info="")
+        if "img_per_s" in metrics:  # logged every few steps: the last one stays shown
+            self.ips[name] = metrics["img_per_s"]
         info = [f"loss {metrics['loss']:.4f}" if "loss" in metrics else "",
-                f"{ips:5.0f} img/s" if ips is not None else ""]
-        self.bars.update(task, completed=step, total=total, info="  ".join(filter(None, info)), ips=ips)
+                f"{self.ips[name]:5.0f} img/s" if name in self.ips else ""]
+        self.bars.update(self.tasks[name], completed=step, total=total, info="  ".join(filter(None, info)))
+        if step >= total and not self.keep_finished:
+            self.bars.remove_task(self.tasks.pop(name))
+            self.ips.pop(name, None)
 
 
 class PlainLines:
@@ -166,14 +172,14 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def reporter():
-    """Progress for long work: rich bars on a terminal, plain timed lines otherwise, nothing
-    with --quiet."""
+def reporter(keep_finished: bool = True):
+    """Progress for long work: rich bars on a terminal (finished ones kept or not), plain timed
+    lines otherwise, nothing with --quiet."""
     settings = click.get_current_context().find_root().obj or {}
     if settings.get("quiet"):
         return contextlib.nullcontext(None)
     if console.is_terminal:
-        return ProgressBars()
+        return ProgressBars(keep_finished)
     return PlainLines(settings.get("log_every_s", 30.0))
 
 
@@ -363,7 +369,7 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
                                    timeout_min)
     folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
-    with reporter() as report:
+    with reporter(keep_finished=False) as report:  # a suite's finished runs leave no bars
         rows = run_suite(loaded, folder, report, say, jobs, cluster)
     path = write_report(loaded, rows, folder)
     say(f"report: [bold]{path}[/]")

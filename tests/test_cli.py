@@ -217,6 +217,23 @@ def test_progress_is_plain_lines_in_a_log_and_quiet_removes_it(cli, tmp_path):
     assert quiet.returncode == 0 and "pre-training" not in quiet.stderr
 
 
+def test_a_suites_bars_go_when_their_tasks_end():
+    """On a terminal, `suite run --jobs N` shows one bar per run and task; a finished one goes,
+    while a single run keeps its finished bars (teacher, pre-training, evaluations)."""
+    from mimbench.cli import ProgressBars
+
+    with ProgressBars(keep_finished=False) as bars:
+        bars("r1 pre-training", 1, 2, {"loss": 1.0})
+        bars("r2 pre-training", 1, 2, {})
+        bars("r1 pre-training", 2, 2, {"loss": 0.5})
+        assert [task.description for task in bars.bars.tasks] == ["r2 pre-training"]
+        bars("r1 linear probe", 1, 3, {})  # a run's next task gets a bar of its own
+        assert len(bars.bars.tasks) == 2
+    with ProgressBars() as bars:
+        bars("pre-training", 2, 2, {})
+        assert [task.completed for task in bars.bars.tasks] == [2]
+
+
 def test_one_writer_per_run_directory(tmp_path):
     """Two real processes on one --out: one trains, the other is refused naming the holder;
     a SIGKILLed holder does not block the next run."""
