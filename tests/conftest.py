@@ -14,11 +14,14 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MIMBENCH_HOME", str(tmp_path / "mimbench-home"))
 
 
-def run_cli(*args, cwd=None, env=None, timeout=300):
-    """Run `python -m mimbench ARGS` as a user would; returns the CompletedProcess."""
+def run_cli(*args, cwd=None, env=None, timeout=300, one_log=False):
+    """Run `python -m mimbench ARGS` as a user would; returns the CompletedProcess. one_log: as
+    `> log.txt 2>&1` (a SLURM log): stderr joins stdout in one pipe."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "mimbench", *map(str, args)], cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+                          env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if one_log else subprocess.PIPE,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture

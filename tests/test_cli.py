@@ -23,8 +23,8 @@ def test_version_and_help(cli):
 
 def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("run", "--target", "pixels", "--preset", "smoke", "--out", out)
-    assert result.returncode == 0, result.stderr
+    result = cli("run", "--target", "pixels", "--preset", "smoke", "--out", out, one_log=True)
+    assert result.returncode == 0, result.stdout
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["target"]["name"] == "pixels" and config["optim"]["steps"] == 6
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -42,7 +42,14 @@ def test_smoke_run_leaves_a_complete_run_directory(cli, tmp_path):
     assert seg["mIoU_objects"] == pytest.approx(np.nanmean(seg["per_class_iou"][1:]))
     assert all("card" in e for e in evals.values())
     assert (out / "checkpoint.pt").exists()
-    assert "final loss" in result.stdout and "segmentation.mIoU" in result.stdout  # the table
+    # the batch log: a plain progress line (at least the last step) for each long task, then the table
+    log = result.stdout.splitlines()
+    for task in ("pre-training 6/6", "features train 1/1", "features val 1/1",
+                 "segmentation probe train", "fine-tuning 3/3", "segmentation 3/3", "segmentation val"):
+        assert any(line.startswith(task) and "ETA" in line for line in log), task
+    table = next(i for i, line in enumerate(log) if "final loss" in line)
+    assert table > max(i for i, line in enumerate(log) if "ETA" in line)
+    assert any("segmentation.mIoU" in line for line in log[table:])
 
 
 def test_smoke_run_on_a_folder_dataset(cli, tmp_path, image_folder):
