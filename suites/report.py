@@ -18,9 +18,10 @@ CONFIDENCE = 0.95
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and the 95 % Student-t interval of the mean (NaN bounds with one value)."""
+    """Mean and the 95 % Student-t interval of the mean (NaN bounds with one value, or with
+    values all equal: no spread to build an interval from)."""
     m = float(np.mean(values))
-    if len(values) < 2:
+    if len(values) < 2 or np.ptp(values) == 0:
         return m, math.nan, math.nan
     low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=m, scale=stats.sem(values))
     return m, float(low), float(high)
@@ -74,8 +75,11 @@ def point_label(point: dict) -> str:
 
 def describe_gap(gap: dict) -> str:
     text = f"{gap['a']} vs {gap['b']}: {gap['mean']:+.1f} {gap['metric']}"
+    if gap["n"] < 2:
+        return text + f" (n = {gap['n']} seed: too few for a confidence interval)"
     if math.isnan(gap["low"]):
-        return text + f" (n = {gap['n']} seed(s): too few for a confidence interval)"
+        return text + (f" (the same difference on each of {gap['n']} seeds: no spread to build "
+                       f"a confidence interval from)")
     verdict = ("the difference is significant" if gap["low"] > 0 or gap["high"] < 0 else
                "the interval includes 0: no difference shown")
     return (text + f" (95% CI {gap['low']:+.1f}..{gap['high']:+.1f}, paired t-test over "
@@ -134,7 +138,7 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
         for (target, point), values in groups(rows, metric).items():
             m, low, high = mean_ci(values)
             spread = f"{m:.2f} +- {np.std(values, ddof=1):.2f}" if len(values) > 1 else f"{m:.2f}"
-            interval = f"{low:.2f}..{high:.2f}" if len(values) > 1 else "-"
+            interval = "-" if math.isnan(low) else f"{low:.2f}..{high:.2f}"
             lines.append(f"| {target} | {point if point != '{}' else '-'} | {spread} | {interval} | "
                          f"{len(values)} |")
         ranking = ordering(rows, metric)

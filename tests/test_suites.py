@@ -107,6 +107,24 @@ def test_paired_gap_matches_a_hand_computed_t_interval():
     assert report.ordering(rows, "m") == "Ordering by mean: a (51.33) > c (48.00) > b (46.17)."
 
 
+def test_equal_values_get_no_interval_and_no_warning():
+    """Accuracies on a small val set are multiples of 1/N: two seeds can tie exactly. The report
+    then says there is no spread, rather than printing nan..nan or calling the gap significant."""
+    import warnings
+
+    rows = [{"target": t, "seed": s, "point": {}, "metrics": {"m": v}}
+            for t, values in (("a", [18.75, 18.75]), ("b", [17.0, 17.0])) for s, v in enumerate(values)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns on a zero scale
+        m, low, high = report.mean_ci([18.75, 18.75])
+        gap = report.paired_gap(rows, "a", "b", "m")
+    assert m == 18.75 and np.isnan(low) and np.isnan(high)
+    assert report.describe_gap(gap) == ("a vs b: +1.8 m (the same difference on each of 2 seeds: "
+                                        "no spread to build a confidence interval from)")
+    assert report.describe_gap(report.paired_gap(rows[:1] + rows[2:3], "a", "b", "m")).endswith(
+        "(n = 1 seed: too few for a confidence interval)")
+
+
 def test_grid_changes_pair_each_target_and_each_gap_by_seed():
     values = {("a", "x"): [50.0, 53.0, 51.0], ("b", "x"): [45.0, 47.5, 46.0],
               ("a", "y"): [52.0, 56.0, 52.5], ("b", "y"): [45.5, 47.0, 46.5]}
