@@ -109,7 +109,7 @@ def test_paired_gap_matches_a_hand_computed_t_interval():
 
 def test_equal_values_get_no_interval_and_no_warning():
     """Accuracies on a small val set are multiples of 1/N: two seeds can tie exactly. The report
-    then says there is no spread, rather than printing nan..nan or calling the gap significant."""
+    then says there is no spread, rather than printing nan..nan or blaming too few seeds."""
     import warnings
 
     rows = [{"target": t, "seed": s, "point": {}, "metrics": {"m": v}}
