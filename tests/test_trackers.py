@@ -41,7 +41,7 @@ def test_wandb_offline_run_files_hold_the_scalars(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run, results = trained(tmp_path, "[jsonl, wandb]")
-    # one W    # one W&B run per stage, named <run directory>-<stage>; read as soon as the stage returnedB run per stage, named <run directory>-<stage>; read right after the evaluation returned
+    # one W&B run per stage, named <run directory>-<stage>; read right after the evaluation returned
     logs = {p.parent.name.rsplit("-", 1)[-1]: p.read_bytes()
             for p in (run.path / "wandb").glob("offline-run-*/run-*.wandb")}
     assert sorted(logs) == ["evaluate", "pretrain"]
