@@ -134,9 +134,9 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
 
 
 def estimate(runs: list[RunSpec]) -> dict:
-    """Per run: images seen in pre-training, fine-tuning and segmentation, FLOPs; totals as this machine's
-    time (at its measured FLOP rate, plus the teachers still to build) and as time on the
-    reference GPU."""
+    """Per run: images seen in pre-training, fine-tuning and segmentation, FLOPs; totals as
+    this machine's time (at its measured FLOP rate, plus the teachers still to build) and as
+    time on the reference GPU."""
     per_image: dict[str, float] = {}  # student shape -> FLOPs
     sizes: dict[str, tuple[int, str]] = {}
     rows, total = [], 0.0

@@ -17,11 +17,16 @@ from mimbench.suites.schema import METRICS, Suite
 CONFIDENCE = 0.95
 
 
+def has_spread(values) -> bool:
+    """Whether a t interval can be built: two values or more, not all equal (accuracies are
+    multiples of 1/N, so seeds can tie exactly)."""
+    return len(values) >= 2 and np.ptp(values) > 0
+
+
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and the 95 % Student-t interval of the mean (NaN bounds with one value, or with
-    values all equal: no spread to build an interval from)."""
+    """Mean and the 95 % Student-t interval of the mean (NaN bounds without spread)."""
     m = float(np.mean(values))
-    if len(values) < 2 or np.ptp(values) == 0:
+    if not has_spread(values):
         return m, math.nan, math.nan
     low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=m, scale=stats.sem(values))
     return m, float(low), float(high)
@@ -40,7 +45,7 @@ def paired(a: str, b: str, x: dict[int, float], y: dict[int, float], metric: str
     d = np.array([x[s] - y[s] for s in seeds])
     gap = {"metric": metric, "a": a, "b": b, "n": len(seeds), "mean": float(d.mean()),
            "low": math.nan, "high": math.nan, "p": math.nan}
-    if len(seeds) >= 2 and np.ptp(d) > 0:
+    if has_spread(d):
         test = stats.ttest_1samp(d, 0.0)
         ci = test.confidence_interval(CONFIDENCE)
         gap |= {"low": float(ci.low), "high": float(ci.high), "p": float(test.pvalue)}
