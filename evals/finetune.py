@@ -83,13 +83,18 @@ def top1(model: Classifier, dataset, size: int, amp: str = "none") -> float:
     return correct / len(dataset) * 100
 
 
+def finetune_steps(cfg, train_size: int) -> int:
+    """Optimizer steps: `steps`, or `epochs` of whole batches."""
+    return cfg.steps if cfg.steps is not None else round(cfg.epochs * max(1, train_size // cfg.batch_size))
+
+
 def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
     started = time.perf_counter()
     cfg = config.finetune
     train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
     size = input_size(encoder, config)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
-    steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * steps_per_epoch)
+    steps = finetune_steps(cfg, len(train_set))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
                                      progress, device=resolve_device(config.run.device),

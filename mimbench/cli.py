@@ -397,7 +397,7 @@ def print_estimate(loaded, runs) -> None:
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
     if notes:
-        click.echo(f"images per epoch: {'; '.join(notes)}.")
+        click.echo(f"dataset sizes: {'; '.join(notes)}.")
 
 
 @main.group()

@@ -1,7 +1,9 @@
-"""Compute estimates for `suite run --dry-run`: the student's training FLOPs, counted by
-torch's FlopCounterMode on one real step, times the images the schedule will show it; this
-machine's time at its measured FLOP rate (see `machine_rate`); the teachers still to build,
-at their measured build times. Answers in seconds."""
+"""Compute estimates for `suite run --dry-run`: FLOPs counted by torch's FlopCounterMode on
+the meta device (shapes only) for one image of each kind of work a run does (pre-training
+step, frozen-feature forward, fine-tuning step, segmentation step and forward, decoder
+included), times the images the schedules and datasets give; this machine's time at its
+measured FLOP rate (see `machine_rate`); the teachers still to build, at their measured build
+times. Answers in seconds."""
 
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from mimbench import config as cfg, teachers
 from mimbench.data import DATASETS, build_dataset
 from mimbench.engine import schedule
 from mimbench.errors import MimbenchError
+from mimbench.evals.finetune import finetune_steps
+from mimbench.evals.segmentation import Segmenter
 from mimbench.masking import build_masking
-from mimbench.student import build_student
+from mimbench.student import build_encoder, build_student
 from mimbench.suites.schema import RunSpec
 from mimbench.targets.base import TargetSpec
 from mimbench.weights import cache_dir
 
-IMAGENET_TRAIN = 1_281_167  # images per epoch when the data folder is not on this machine
+# Sizes (and classes) assumed when a dataset is not on this machine: ImageNet-1k, ADE20K
+IMAGENET = {"train": 1_281_167, "val": 50_000}
+ADE20K = {"train": 20_210, "val": 2_000, "classes": 150}
 GPU = {"name": "A100 (bf16 dense 312 TFLOP/s at 40 % utilisation)", "flops": 312e12 * 0.4}
 
 
@@ -37,6 +43,13 @@ def _student_step(student_cfg, mask_cfg, batch: int, device: str = "cpu"):
     return student, images, mask.expand(batch, -1).to(device)
 
 
+def counted(work) -> float:
+    """FLOPs of calling `work()`."""
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return float(counter.get_total_flops())
+
+
 def step_flops_per_image(spec: RunSpec) -> float:
     """Forward + backward FLOPs of the student for one image (the MIM head included), counted
     on the meta device: shapes only, no arithmetic, so ViT-B/16 counts in a fraction of a second.
@@ -44,9 +57,34 @@ def step_flops_per_image(spec: RunSpec) -> float:
     not hold: it counts on the CPU (about a second at ViT-B/16)."""
     device = "cpu" if spec.config.student.style == "mae" else "meta"
     student, images, mask = _student_step(spec.config.student, spec.config.mask, 1, device)
-    with FlopCounterMode(display=False) as counter:
-        student(images, mask).square().mean().backward()
-    return float(counter.get_total_flops())
+    return counted(lambda: student(images, mask).square().mean().backward())
+
+
+def eval_flops_per_image(config, seg_classes: int) -> dict[str, float]:
+    """Per image, on the meta device, the evaluations' work on the student's encoder: its
+    forward (frozen features, validation), its forward + backward (a fine-tuning step), and
+    the segmentation model's forward + backward and forward at the training crop (encoder,
+    pyramid, UperNet and auxiliary head)."""
+    student, seg = config.student, config.segmentation
+    size, crop = student.img_size, seg.crop or student.img_size
+    with torch.device("meta"):
+        encoder = build_encoder(student)
+        images = torch.randn(2, 3, size, size)  # two: batch norm needs two values per channel
+    figures = {"forward": counted(lambda: encoder.forward_features(images)) / 2,
+               "train": counted(lambda: encoder.forward_features(images).sum().backward()) / 2}
+    with torch.device("meta"):
+        if crop != size:
+            encoder.set_input_size(img_size=(crop, crop))
+        model = Segmenter(encoder, seg_classes, seg.channels, seg.pool_scales)
+        crops = torch.randn(2, 3, crop, crop)
+
+    def seg_step():
+        logits, aux = model(crops)
+        (logits.sum() + aux.sum()).backward()
+
+    figures["seg_train"] = counted(seg_step) / 2
+    figures["seg_forward"] = counted(lambda: model(crops)) / 2
+    return figures
 
 
 def rate_file() -> Path:
@@ -78,26 +116,77 @@ def cpu_rate(repeats: int = 3) -> float:
     the fastest of a few timed steps after a warm-up."""
     tiny = cfg.Config()
     student, images, mask = _student_step(tiny.student, tiny.mask, 32)
-    with FlopCounterMode(display=False) as counter:
-        student(images, mask).square().mean().backward()  # the warm-up, counted
+    flops = counted(lambda: student(images, mask).square().mean().backward())  # the warm-up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         student(images, mask).square().mean().backward()
         best = min(best, time.perf_counter() - start)
-    return counter.get_total_flops() / best
+    return flops / best
 
 
-def dataset_size(spec: RunSpec) -> tuple[int, str]:
-    """Images per epoch, without rendering or reading the images where the dataset can tell."""
-    data = spec.config.data
-    options = dict(data.options)
+def dataset_size(name: str, options: dict, assumed: dict, split: str) -> tuple[int, int | None, bool]:
+    """(images, classes, measured) of a dataset, without rendering or reading the images where
+    the dataset can tell; `assumed`'s figures when it is not on this machine."""
+    options = dict(options)
     try:
-        if "cache" in inspect.signature(DATASETS.get(data.name).factory).parameters:
+        if "cache" in inspect.signature(DATASETS.get(name).factory).parameters:
             options["cache"] = False  # the world: its length without rendering a scene
-        return len(build_dataset(data.name, **options)), "measured"
+        dataset = build_dataset(name, **options)
+        return len(dataset), getattr(dataset, "num_classes", None), True
     except MimbenchError:
-        return IMAGENET_TRAIN, "ImageNet-1k train size assumed"
+        return assumed[split], assumed.get("classes"), False
+
+
+def data_sizes(config) -> dict[str, tuple[int, int | None, bool]]:
+    """The sizes of the datasets a run reads: pre-training's, and the evaluations' (the
+    labelled classification data, the segmentation data) where its evaluations use them."""
+    sizes = {"pretrain": dataset_size(config.data.name, config.data.options, IMAGENET, "train")}
+    evals = set(config.run.evals)
+    for split in ("train", "val"):
+        if evals & {"linear", "knn", "finetune"}:
+            sizes[f"eval_{split}"] = dataset_size(config.eval_data.name, getattr(config.eval_data, split),
+                                                  IMAGENET, split)
+        if evals & {"seg_linear", "segmentation"}:
+            if config.segmentation.dataset == "ade20k":
+                ade_split = "training" if split == "train" else "validation"
+                sizes[f"seg_{split}"] = dataset_size("ade20k", {"root": config.segmentation.root,
+                                                                "split": ade_split}, ADE20K, split)
+            else:
+                sizes[f"seg_{split}"] = dataset_size(config.eval_data.name, {
+                    **getattr(config.eval_data, split), "labels": "mask"}, ADE20K, split)
+    return sizes
+
+
+def run_flops(spec: RunSpec, sizes: dict, pretrain: float, evals: dict[str, float]) -> dict[str, tuple[int, float]]:
+    """(images, FLOPs) of each stage of a run. Sliding-window inference counts one window per
+    image; a target's own network, evaluated in a reference row, counts as the student."""
+    config = spec.config
+    n = {key: size for key, (size, _, _) in sizes.items()}
+    names = config.run.evals
+    stages = {}
+    if spec.pretrains:
+        plan = schedule(config, n["pretrain"])
+        images = plan["total_steps"] * plan["effective_batch"]
+        stages["pretrain"] = (images, images * pretrain)
+    features = 0  # images through the frozen encoder
+    if "linear" in names or "knn" in names:  # one extraction, shared by the two probes
+        features += n["eval_train"] + n["eval_val"]
+    if "seg_linear" in names:
+        features += n["seg_train"] + n["seg_val"]
+    if features:
+        stages["probes"] = (features, features * evals["forward"])
+    if "finetune" in names:
+        f = config.finetune
+        steps = finetune_steps(f, n["eval_train"])
+        stages["finetune"] = (steps * f.batch_size + n["eval_val"],
+                              steps * f.batch_size * evals["train"] + n["eval_val"] * evals["forward"])
+    if "segmentation" in names:
+        seg = config.segmentation
+        stages["segmentation"] = (seg.steps * seg.batch_size + n["seg_val"],
+                                  seg.steps * seg.batch_size * evals["seg_train"]
+                                  + n["seg_val"] * evals["seg_forward"])
+    return stages
 
 
 def duration(hours: float) -> str:
@@ -134,34 +223,32 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
 
 
 def estimate(runs: list[RunSpec]) -> dict:
-    """Per run: images seen in pre-training, fine-tuning and segmentation, FLOPs; totals as
-    this machine's time (at its measured FLOP rate, plus the teachers still to build) and as
-    time on the reference GPU."""
-    per_image: dict[str, float] = {}  # student shape -> FLOPs
-    sizes: dict[str, tuple[int, str]] = {}
+    """Per run: the images each stage processes and its FLOPs; totals as this machine's time
+    (at its measured FLOP rate, plus the teachers still to build) and as time on the
+    reference GPU."""
+    pretrain: dict[str, float] = {}  # student and mask -> FLOPs of a pre-training image
+    evals: dict[str, dict] = {}  # student, segmentation and its classes -> FLOPs of eval images
+    data: dict[str, dict] = {}  # datasets and evaluations -> their sizes
     rows, total = [], 0.0
     for spec in runs:
-        key = repr((spec.config.student, spec.config.mask))
-        if key not in per_image:
-            per_image[key] = step_flops_per_image(spec)
-        data_key = repr(spec.config.data)
-        if data_key not in sizes:
-            sizes[data_key] = dataset_size(spec)
-        size, size_note = sizes[data_key]
-        plan = schedule(spec.config, size)
-        images = plan["total_steps"] * plan["effective_batch"] if spec.pretrains else 0
-        f = spec.config.finetune
-        ft_steps = f.steps if f.steps is not None else round((f.epochs or 0) * size / f.batch_size)
-        if "finetune" in spec.config.run.evals:
-            images += ft_steps * f.batch_size
-        flops = images * per_image[key]
-        seg = spec.config.segmentation
-        if "segmentation" in spec.config.run.evals:  # the encoder's steps, at the crop's token count
-            tokens = (seg.crop / spec.config.student.img_size) ** 2 if seg.crop else 1.0
-            images += seg.steps * seg.batch_size
-            flops += seg.steps * seg.batch_size * tokens * per_image[key]
+        c = spec.config
+        data_key = repr((c.data, c.eval_data, c.segmentation, c.run.evals))
+        if data_key not in data:
+            data[data_key] = data_sizes(c)
+        sizes = data[data_key]
+        key = repr((c.student, c.mask))
+        if key not in pretrain:
+            pretrain[key] = step_flops_per_image(spec)
+        seg_classes = sizes.get("seg_train", (0, None))[1] or ADE20K["classes"]
+        eval_key = repr((c.student, c.segmentation, seg_classes))
+        if eval_key not in evals:
+            evals[eval_key] = eval_flops_per_image(c, seg_classes)
+        stages = run_flops(spec, sizes, pretrain[key], evals[eval_key])
+        flops = sum(f for _, f in stages.values())
         total += flops
-        rows.append({"id": spec.id, "images": images, "flops": flops, "data": size_note})
+        assumed = [key for key, (_, _, measured) in sizes.items() if not measured]
+        rows.append({"id": spec.id, "images": sum(i for i, _ in stages.values()), "flops": flops,
+                     "stages": stages, "data": assumed_note(assumed)})
     rate, rate_source = machine_rate()
     to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
     build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
@@ -171,6 +258,17 @@ def estimate(runs: list[RunSpec]) -> dict:
             "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
             "teacher_build_time": duration(build_hours) if to_build else "none",
             "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),
-            "counted": "student forward+backward in pre-training, fine-tuning and segmentation (its "
-                       "crops counted by their patch count); the teacher's forward, the probes' "
-                       "features and the segmentation decoder are not counted"}
+            "counted": "the student's forward and backward passes in pre-training, fine-tuning and "
+                       "segmentation (UperNet included), its forward for the probes' features and "
+                       "validation; not counted: the teacher's forward, the probes' solvers, data "
+                       "loading"}
+
+
+def assumed_note(assumed: list[str]) -> str:
+    """Which sizes a row assumed, for the dry run's footnote ('measured' when none)."""
+    notes = []
+    if any(key.startswith(("pretrain", "eval")) for key in assumed):
+        notes.append("ImageNet-1k sizes assumed (the folder is not on this machine)")
+    if any(key.startswith("seg") for key in assumed):
+        notes.append("ADE20K sizes assumed (its folder is not on this machine)")
+    return "; ".join(notes) or "measured"

@@ -75,6 +75,36 @@ def test_paper_suites_dry_run_shows_their_compute(name):
     assert 0.8 * images * 17.6e9 * 6 / 1e15 < total < 1.25 * images * 17.6e9 * 6 / 1e15
 
 
+def test_dry_run_counts_each_evaluation_of_the_paper_recipe_by_hand(tmp_path, monkeypatch):
+    from mimbench.suites.estimate import estimate
+
+    monkeypatch.setenv("MIMBENCH_HOME", str(tmp_path))  # the dry run times and keeps a CPU rate
+    stages = estimate(schema.load("mvp_vitb16_300ep").runs())["runs"][0]["stages"]
+
+    def vit(patches, d=768, depth=12):  # ViT-B/16's multiply-accumulates for one image
+        tokens = patches + 1
+        return patches * 768 * d + depth * tokens * (12 * d * d + 2 * tokens * d)
+
+    # BEiT's UperNet at crop 512: the 32x32 grid resampled to 128, 64, 32 and 16; 768 channels, 150 classes
+    d, c, k = 768, 768, 150
+    decoder = (d * d * 4 * (32**2 + 64**2 + 32**2)  # the pyramid's transposed convolutions
+               + c * d * (128**2 + 64**2 + 32**2)  # lateral 1x1 convolutions
+               + d * c * (1 + 4 + 9 + 36)  # pyramid pooling
+               + 9 * (d + 4 * c) * c * 16**2  # bottleneck
+               + 9 * c * c * (128**2 + 64**2 + 32**2)  # FPN 3x3 convolutions
+               + 9 * 4 * c * c * 128**2 + c * k * 128**2  # fusion, classifier
+               + 9 * d * c * 32**2 + c * k * 32**2)  # auxiliary head
+    imagenet, val = 1_281_167, 50_000
+    steps = 100 * (imagenet // 1024)  # fine-tuning: 100 epochs of whole batches of 1024
+    # FLOPs: 2 a multiply-accumulate, 3x the forward for forward + backward
+    expected = {"probes": (imagenet + val) * 2 * vit(196),  # features of both splits, once for linear and k-NN
+                "finetune": steps * 1024 * 6 * vit(196) + val * 2 * vit(196),
+                "segmentation": 160_000 * 16 * 6 * (vit(1024) + decoder) + 2_000 * 2 * (vit(1024) + decoder)}
+    for stage, flops in expected.items():
+        assert stages[stage][1] == pytest.approx(flops, rel=0.01), stage
+    assert stages["pretrain"][0] == 300 * (imagenet // 2048) * 2048  # 300 epochs of whole batches
+
+
 def test_dry_run_plans_with_the_bench_rate_and_the_teachers_to_build():
     bench = run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
     assert bench.returncode == 0, bench.stderr
