@@ -246,7 +246,7 @@ def estimate(runs: list[RunSpec]) -> dict:
         stages = run_flops(spec, sizes, pretrain[key], evals[eval_key])
         flops = sum(f for _, f in stages.values())
         total += flops
-        assumed = [key for key, (_, _, measured) in sizes.items() if not measured]
+        assumed = [name for name, (_, _, measured) in sizes.items() if not measured]
         rows.append({"id": spec.id, "images": sum(i for i, _ in stages.values()), "flops": flops,
                      "stages": stages, "data": assumed_note(assumed)})
     rate, rate_source = machine_rate()
