@@ -133,13 +133,20 @@ def headline(background: int | None) -> str:
     return "mIoU" if background is None else "mIoU_objects"
 
 
-def segmentation_data(config, split: str):
+def segmentation_source(config, split: str) -> tuple[str, dict]:
+    """The dataset name and options of segmentation's `split` ("train" or "val"): ADE20K, or
+    the evaluation data with label maps."""
     cfg = config.segmentation
     if cfg.dataset == "ade20k":
-        return build_dataset("ade20k", root=cfg.root, split="training" if split == "train" else "validation")
-    check_label_maps(config)
-    options = {**getattr(config.eval_data, split), "labels": "mask"}
-    return build_dataset(config.eval_data.name, **options)
+        return "ade20k", {"root": cfg.root, "split": "training" if split == "train" else "validation"}
+    return config.eval_data.name, {**getattr(config.eval_data, split), "labels": "mask"}
+
+
+def segmentation_data(config, split: str):
+    if config.segmentation.dataset != "ade20k":
+        check_label_maps(config)
+    name, options = segmentation_source(config, split)
+    return build_dataset(name, **options)
 
 
 def _batch(dataset, indices, size: int):

@@ -21,7 +21,7 @@ from mimbench.data import DATASETS, build_dataset
 from mimbench.engine import schedule
 from mimbench.errors import MimbenchError
 from mimbench.evals.finetune import finetune_steps
-from mimbench.evals.segmentation import Segmenter
+from mimbench.evals.segmentation import Segmenter, segmentation_source
 from mimbench.masking import build_masking
 from mimbench.student import build_encoder, build_student
 from mimbench.suites.schema import RunSpec
@@ -148,13 +148,7 @@ def data_sizes(config) -> dict[str, tuple[int, int | None, bool]]:
             sizes[f"eval_{split}"] = dataset_size(config.eval_data.name, getattr(config.eval_data, split),
                                                   IMAGENET, split)
         if evals & {"seg_linear", "segmentation"}:
-            if config.segmentation.dataset == "ade20k":
-                ade_split = "training" if split == "train" else "validation"
-                sizes[f"seg_{split}"] = dataset_size("ade20k", {"root": config.segmentation.root,
-                                                                "split": ade_split}, ADE20K, split)
-            else:
-                sizes[f"seg_{split}"] = dataset_size(config.eval_data.name, {
-                    **getattr(config.eval_data, split), "labels": "mask"}, ADE20K, split)
+            sizes[f"seg_{split}"] = dataset_size(*segmentation_source(config, split), ADE20K, split)
     return sizes
 
 
