@@ -64,15 +64,40 @@ def saved_student(source: str) -> dict | None:
     return None
 
 
+def per_block_rel_pos_bias(encoder: nn.Module) -> nn.Module:
+    """`encoder` with BEiT's shared relative position bias copied into every block, as BEiT's
+    fine-tuning and segmentation load a pre-trained checkpoint: each block then learns its own
+    table (with its block's layer decay). Encoders without a shared table are returned as given."""
+    shared = getattr(encoder, "rel_pos_bias", None)
+    if shared is None:
+        return encoder
+    for block in encoder.blocks:
+        attn = block.attn
+        attn.window_size = shared.window_size
+        attn.num_relative_distance = shared.relative_position_bias_table.shape[0]
+        attn.relative_position_bias_table = nn.Parameter(shared.relative_position_bias_table.detach().clone())
+        attn.register_buffer("relative_position_index", shared.relative_position_index.clone(),
+                             persistent=False)
+    encoder.rel_pos_bias = None
+    return encoder
+
+
 def input_size(encoder: nn.Module, config: cfg.Config) -> int:
     """The side of the images `encoder` is evaluated on: a student's img_size, or the input size
     a target's own network (evals.tower) had in pre-training."""
     return getattr(encoder, "input_size", None) or config.student.img_size
 
 
+def block_tokens(encoder: nn.Module, images: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 3, S, S] -> block `block`'s patch tokens [B, N, D] and prefix tokens [B, P, D]. The
+    last block's are read after the encoder's final norm, as MAE's linear probe (normed cls
+    token) and DINO's k-NN (normed output) read them; earlier blocks' as they leave the block."""
+    last = block in (-1, len(encoder.blocks) - 1)
+    return encoder.forward_intermediates(images, indices=[block], norm=last, intermediates_only=True,
+                                         output_fmt="NLC", return_prefix_tokens=True)[0]
+
+
 def pooled_features(encoder: nn.Module, images: torch.Tensor, block: int, pooling: str) -> torch.Tensor:
     """[B, 3, S, S] -> [B, D]: block `block`'s patch tokens averaged, or its cls token."""
-    patches, prefix = encoder.forward_intermediates(
-        images, indices=[block], intermediates_only=True, output_fmt="NLC",
-        return_prefix_tokens=True)[0]  # [B, N, D], [B, P, D]
+    patches, prefix = block_tokens(encoder, images, block)
     return patches.mean(1) if pooling == "avg" else prefix[:, 0]

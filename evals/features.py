@@ -15,8 +15,8 @@ from mimbench import config as cfg
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.data.views import resize_all, teacher_input, uint8_tensor
 from mimbench.errors import ConfigError, DataError
-from mimbench.evals.backbone import pooled_features
-from mimbench.evals.data import eval_dataset, fingerprint, student_batch
+from mimbench.evals.backbone import block_tokens, pooled_features
+from mimbench.evals.data import eval_batch, eval_dataset, fingerprint, student_batch
 from mimbench.targets.frozen import block_index
 
 Embed = Callable[[list], torch.Tensor]  # a batch of images (uint8 arrays) -> [B, D] features
@@ -46,15 +46,15 @@ def student_features(encoder, config, source: str) -> FrozenModel:
 
     def embed(images):  # on the run's device, under the preset's autocast
         with autocast(device, config.optim.amp):
-            pooled = pooled_features(encoder, to_device(student_batch(images, size), device), block,
-                                     probe.pooling)
+            views = eval_batch(images, size, config.eval_data.crop_pct)
+            pooled = pooled_features(encoder, to_device(views, device), block, probe.pooling)
         return pooled.float().cpu()
 
     def patch_map(images):
         with autocast(device, config.optim.amp):
-            maps = encoder.forward_intermediates(to_device(student_batch(images, size), device),
-                                                 indices=[block], intermediates_only=True)[0]
-        return maps.float().cpu()
+            tokens, _ = block_tokens(encoder, to_device(student_batch(images, size), device), block)
+        h, w = encoder.patch_embed.grid_size
+        return tokens.float().cpu().transpose(1, 2).reshape(len(images), -1, h, w)  # [B, D, h, w]
 
     return FrozenModel(embed, f"{source}|{block}|{probe.pooling}|{size}", source,
                        f"{probe.pooling}-pooled block {block}", patch_map)

@@ -13,7 +13,7 @@ from torch import nn
 
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.errors import DataError
-from mimbench.evals.backbone import input_size
+from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import Batches, eval_dataset, fingerprint
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
@@ -23,32 +23,37 @@ REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
 
 
 class Classifier(nn.Module):
+    """BEiT's and MAE's fine-tuning model: the encoder without its final norm, its patch tokens
+    averaged, a LayerNorm on the average (fc_norm), a linear head."""
+
     def __init__(self, encoder: nn.Module, classes: int):
         super().__init__()
+        encoder.norm = nn.Identity()  # BEiT/MAE fine-tune with mean pooling: norm after pooling
         self.encoder = encoder
-        self.norm = nn.LayerNorm(encoder.embed_dim)
+        self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6)
         self.head = nn.Linear(encoder.embed_dim, classes)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # BEiT: trunc_normal .02 x init_scale .001
         nn.init.zeros_(self.head.bias)
 
     def forward(self, images):
         tokens = self.encoder.forward_features(images)[:, self.encoder.num_prefix_tokens:]  # [B, N, D]
-        return self.head(self.norm(tokens.mean(1)))  # [B, classes]
+        return self.head(self.fc_norm(tokens.mean(1)))  # [B, classes]
 
 
 def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int, seed: int,
                      progress=None, task: str = "fine-tuning",
                      device: torch.device = torch.device("cpu"),
-                     amp: str = "none") -> tuple[Classifier, list[float]]:
+                     amp: str = "none", crop_pct: float = 1.0) -> tuple[Classifier, list[float]]:
     """Train `encoder` with a new head on (image, label) pairs by the recipe `cfg` (a
     FinetuneConfig); returns the classifier in eval mode and the loss per step."""
     classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
     if not classes:
         raise DataError("fine-tuning needs labelled data: point eval_data at class sub-folders.")
     torch.manual_seed(seed)
+    encoder = per_block_rel_pos_bias(encoder)
     set_drop_path(encoder, cfg.drop_path)
     model = Classifier(encoder, classes).to(device)
-    groups = param_groups(model.encoder, nn.ModuleList([model.norm, model.head]), cfg.weight_decay,
+    groups = param_groups(model.encoder, nn.ModuleList([model.fc_norm, model.head]), cfg.weight_decay,
                           cfg.layer_decay)
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -60,7 +65,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
 
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
-        return Batches(train_set, size, cfg.batch_size, order, drop_last=True)
+        return Batches(train_set, size, cfg.batch_size, order, drop_last=True, crop_pct=crop_pct)
 
     def loss_fn(m, batch):
         x, y = batch
@@ -74,11 +79,11 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
     return model, losses
 
 
-def top1(model: Classifier, dataset, size: int, amp: str = "none") -> float:
+def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0) -> float:
     correct = 0
     device = next(model.parameters()).device
     with torch.no_grad(), autocast(device, amp):
-        for x, y in Batches(dataset, size):
+        for x, y in Batches(dataset, size, crop_pct=crop_pct):
             correct += (model(to_device(x, device)).argmax(1).cpu() == y).sum().item()
     return correct / len(dataset) * 100
 
@@ -98,15 +103,17 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
                                      progress, device=resolve_device(config.run.device),
-                                     amp=config.optim.amp)
+                                     amp=config.optim.amp, crop_pct=config.eval_data.crop_pct)
     classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
             "warmup_steps_run": warmup, "model": source, "classes": classes,
-            "features": "average-pooled final patch tokens, LayerNorm, linear",
+            "features": "average-pooled last-block patch tokens (final norm dropped), LayerNorm, linear",
+            "views": f"shorter side to {size}/{config.eval_data.crop_pct:g}, centre {size}-px crop",
             "train": {"options": config.eval_data.train, "size": len(train_set),
                       "fingerprint": fingerprint(train_set, config.eval_data.name, config.eval_data.train)},
             "val": {"options": config.eval_data.val, "size": len(val_set),
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
             "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
-    return {"top1": top1(model, val_set, size, config.optim.amp), "card": card}
+    return {"top1": top1(model, val_set, size, config.optim.amp, config.eval_data.crop_pct),
+            "card": card}

@@ -18,7 +18,7 @@ from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.config import check_label_maps
 from mimbench.errors import ConfigError
-from mimbench.evals.backbone import input_size
+from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
@@ -202,6 +202,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     classes = train_set.num_classes
     size = input_size(encoder, config)
     torch.manual_seed(config.run.seed)
+    encoder = per_block_rel_pos_bias(encoder)  # BEiT's segmentation: one table per block
     if cfg.crop is not None and cfg.crop != size:  # BEiT: built at 224, fine-tuned on 512 crops
         encoder.set_input_size(img_size=(cfg.crop, cfg.crop))  # position embeddings/biases resampled
     set_drop_path(encoder, cfg.drop_path)

@@ -28,8 +28,9 @@ def set_drop_path(encoder: nn.Module, rate: float) -> None:
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for embeddings, i + 1 for block i, depth + 1 for everything after the blocks."""
-    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "rel_pos_bias")):
+    """BEiT's rule (get_num_layer_for_vit): 0 for embeddings, i + 1 for block i, depth + 1 for
+    everything after the blocks and for BEiT's shared relative position bias."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

@@ -86,8 +86,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    batch_size: int = 32  # per process, per accumulation step
-    accum_steps: int = 1
+    # images per optimizer step over all processes and accumulation steps; when set, the run
+    # is the same experiment on 1 or N processes: each process takes effective_batch / N, in
+    # as few accumulation steps as keep each forward within batch_size (mimbench.engine.split_batch)
+    effective_batch: int | None = None
+    batch_size: int = 32  # images per forward on one device (with effective_batch: the most)
+    accum_steps: int = 1  # without effective_batch: effective batch = batch_size x accum_steps x processes
     steps: int | None = 1300  # total optimizer steps; overrides epochs when set
     epochs: float | None = None
     lr: float = 2e-3
@@ -123,6 +127,10 @@ class EvalDataConfig:
     name: str = "world"
     train: dict = field(default_factory=lambda: {"split": "train"})
     val: dict = field(default_factory=lambda: {"split": "val"})
+    # classification views: shorter side resized to img_size / crop_pct, then the centre crop
+    # (timm's eval transform; BEiT, MAE and DINO: 0.875, i.e. 256 then 224). The world's images
+    # are square and already the student's size, so 1.0 leaves them as they are.
+    crop_pct: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -243,12 +251,13 @@ PRESETS: dict[str, dict] = {
         "target": {"standardize": False},
         "data": {"name": "folder", "crop_scale": (0.08, 1.0), "hflip": True, "color_jitter": 0.4,
                  "num_workers": 10},
-        "optim": {"batch_size": 2048, "steps": None, "epochs": 300, "lr": 1.5e-3,
+        "optim": {"effective_batch": 2048, "batch_size": 256, "steps": None, "epochs": 300, "lr": 1.5e-3,
                   "lr_base_batch": 2048, "min_lr": 1e-5, "warmup_steps": None, "warmup_epochs": 10,
                   "weight_decay": 0.05, "betas": (0.9, 0.999), "clip_grad": 3.0, "amp": "bf16"},
         "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50,
                 "evals": ("linear", "knn", "finetune", "segmentation")},
-        "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None}},
+        "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None},
+                      "crop_pct": 0.875},
         # MAE's linear probe (docs/protocols.md)
         "linear": {"protocol": "mae", "optimizer": "lars", "pooling": "cls", "block": -1,
                    "batch_size": 16384,
@@ -380,19 +389,40 @@ def apply(config: Config, updates: dict) -> Config:
     return dataclasses.replace(config, **changes)
 
 
-def parse_override(text: str) -> dict:
-    """'optim.lr=1e-3' -> {'optim': {'lr': 0.001}}; the value is read as YAML."""
+def split_override(text: str) -> tuple[list[str], Any]:
+    """'eval_data.train.root=/d' -> (['eval_data', 'train', 'root'], '/d'); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=1e-3.")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=1e-3 "
+                          f"or eval_data.train.root=/data/train.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):
         value = _number_or_text(value)
-    return {parts[0]: {parts[1]: value}}
+    return parts, value
+
+
+def nest(path: list[str], value: Any) -> dict:
+    """['a', 'b'], 1 -> {'a': {'b': 1}}."""
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr=1e-3' -> {'optim': {'lr': 0.001}}; deeper keys nest further."""
+    return nest(*split_override(text))
+
+
+def merged(current: dict, update: dict) -> dict:
+    """`current` with the nested mapping `update` merged in, key by key."""
+    out = dict(current)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _number_or_text(text: str):
@@ -466,7 +496,14 @@ def resolve_saved(saved: dict, overrides: tuple[str, ...] = ()) -> Config:
 def with_overrides(config: Config, overrides: tuple[str, ...]) -> Config:
     """--set section.key=value overrides applied in order, then every value checked."""
     for text in overrides:
-        config = apply(config, parse_override(text))
+        (section, key, *inner), value = split_override(text)
+        if inner and section in SECTIONS:  # a key inside a mapping: merged into it
+            current = to_dict(config)[section].get(key)
+            if not isinstance(current, dict):
+                raise ConfigError(f"override '{text}': '{section}.{key}' is not a mapping, so it "
+                                  f"has no keys inside it to set.")
+            value = merged(current, nest(inner, value))
+        config = apply(config, {section: {key: value}})
     return check_options(config)
 
 
@@ -523,12 +560,23 @@ def check_values(config: Config) -> None:
         raise ConfigError(f"the mask covers {m.count(s.grid)} of the student's {cells} patches; "
                           f"mask at least 1 and fewer than {cells} (mask.ratio or "
                           f"mask.num_masked){visible}.")
+    largest = (s.grid[0] - 1) * (s.grid[1] - 1)  # BEiT's blocks lie strictly inside the grid
+    if m.kind == "block" and m.min_block > largest:
+        raise ConfigError(f"mask.min_block {m.min_block} is larger than any block that fits the "
+                          f"student's {s.grid[0]}x{s.grid[1]} patch grid (at most {largest} patches, "
+                          f"(h-1) x (w-1)), so nothing would be masked; lower mask.min_block "
+                          f"(BEiT: 16 on 14x14).")
     if s.style == "mae" and (s.decoder_depth < 1 or s.decoder_heads < 1
                              or s.decoder_dim % s.decoder_heads):
         raise ConfigError(f"the mae decoder needs at least one block and student.decoder_dim "
                           f"divisible by student.decoder_heads, not depth {s.decoder_depth}, "
                           f"width {s.decoder_dim}, {s.decoder_heads} heads.")
-    positive = {"optim.batch_size": o.batch_size, "optim.accum_steps": o.accum_steps,
+    if o.effective_batch is not None and o.accum_steps != 1:
+        raise ConfigError(f"set optim.effective_batch ({o.effective_batch}) or optim.accum_steps "
+                          f"({o.accum_steps}), not both: with effective_batch the accumulation "
+                          f"follows from the number of processes and optim.batch_size.")
+    positive = {"optim.effective_batch": o.effective_batch, "optim.batch_size": o.batch_size,
+                "optim.accum_steps": o.accum_steps,
                 "optim.steps": o.steps, "optim.epochs": o.epochs, "optim.lr": o.lr,
                 "finetune.steps": config.finetune.steps, "finetune.batch_size": config.finetune.batch_size,
                 "segmentation.steps": config.segmentation.steps,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import json
 import logging
@@ -59,10 +58,11 @@ def build_target_for(config: Config, progress: ProgressFn | None = None):
     return provider
 
 
-def schedule(config: Config, dataset_size: int, world_size: int = 1) -> dict:
-    """Total and warmup optimizer steps, effective batch and peak lr the config implies."""
+def schedule(config: Config, dataset_size: int, effective_batch: int | None = None) -> dict:
+    """Total and warmup optimizer steps, effective batch and peak lr the config implies (on one
+    process, unless the launch's `effective_batch` is given)."""
     o = config.optim
-    batch = o.batch_size * o.accum_steps * world_size
+    batch = effective_batch or o.effective_batch or o.batch_size * o.accum_steps
     steps_per_epoch = max(1, dataset_size // batch)
     if o.steps is not None:
         total = o.steps
@@ -143,18 +143,30 @@ def open_run(out: str | Path, resume: bool) -> RunDir:
     return run
 
 
-def accumulation_steps(config: Config, world: distributed.World, saved: dict | None) -> int:
-    """Accumulation steps for this launch. A resumed run keeps the effective batch it started
-    with, whatever the number of processes now: accumulation makes up the difference."""
+def split_batch(effective: int, processes: int, device_limit: int) -> tuple[int, int]:
+    """(images per forward on one device, accumulation steps) that make `effective` images per
+    optimizer step over `processes` processes: each process's share in the fewest accumulation
+    steps that keep a forward within `device_limit` images and divide the share evenly."""
+    if effective % processes:
+        raise ConfigError(f"the effective batch {effective} does not split evenly over {processes} "
+                          f"process(es); use a multiple of {processes} or another process count.")
+    share = effective // processes
+    if share == 0:
+        raise ConfigError(f"the effective batch {effective} leaves a per-device batch of 0 on "
+                          f"{processes} processes; use fewer processes or a larger effective batch.")
+    accum = next(a for a in range(-(-share // device_limit), share + 1) if share % a == 0)
+    return share // accum, accum
+
+
+def batch_split(config: Config, world: distributed.World, saved: dict | None) -> tuple[int, int]:
+    """(optim.batch_size, optim.accum_steps) for this launch. optim.effective_batch is split
+    over the processes; a resumed run keeps the effective batch it started with, whatever the
+    number of processes now; without either, the config's own batch_size and accum_steps."""
     o = config.optim
-    if saved is None or saved["effective_batch"] == o.batch_size * o.accum_steps * world.size:
-        return o.accum_steps
-    wanted, per_step = saved["effective_batch"], o.batch_size * world.size
-    if wanted % per_step:
-        raise ConfigError(f"this run's effective batch is {wanted}, which {world.size} process(es) "
-                          f"x optim.batch_size {o.batch_size} does not divide; resume with a "
-                          f"number of processes that does.")
-    return wanted // per_step
+    wanted = saved["effective_batch"] if saved else o.effective_batch
+    if wanted is None or (saved and wanted == o.batch_size * o.accum_steps * world.size):
+        return o.batch_size, o.accum_steps
+    return split_batch(wanted, world.size, o.batch_size)
 
 
 class StopRequest:
@@ -209,12 +221,11 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
         check_cache_fits(spec, len(images))
         provider = TargetCache(provider)
     state = checkpoint.load_latest(run.path) if run.path.exists() else None
-    accum = accumulation_steps(config, world, state.get("plan") if state else None)
-    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, accum_steps=accum))
-    plan = schedule(config, len(images), world.size)
+    batch, accum = batch_split(config, world, state.get("plan") if state else None)
+    plan = schedule(config, len(images), effective_batch=batch * accum * world.size)
     if world.is_main:  # the run directory appears only once the target and data are usable
         run.begin(config)
-    total, batch = plan["total_steps"], config.optim.batch_size
+    total = plan["total_steps"]
     start = state["step"] if state else 0
     if notify and world.is_main:
         notify(f"effective batch {plan['effective_batch']} = {batch} per process x {world.size} "
@@ -240,7 +251,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                      build_masking(config.mask, config.student), config.data.crop_scale,
                      config.data.hflip, config.data.color_jitter)
     sampler = StreamSampler(len(images), config.run.seed, start=start * plan["effective_batch"],
-                            rank=world.rank, world_size=world.size)
+                            rank=world.rank, world_size=world.size, chunk=batch)
     loader = torch.utils.data.DataLoader(
         MIMDataset(images, views, config.run.seed), batch_size=batch, sampler=sampler,
         collate_fn=views.collate, num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
@@ -268,8 +279,10 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                 raise Interrupted(f"stopped before the first step of {total}; nothing was saved.")
             raise Interrupted(f"stopped at step {step} of {total}; continue with mimbench "
                               f"pretrain --resume {run.path}")
-        # all randomness of a step is a function of (seed, rank, step): resume is exact
-        torch.manual_seed(config.run.seed * 1_000_003 + world.rank * 7_919 + step)
+        # a forward's randomness (drop path) is a function of (seed, its chunk of the sample
+        # stream): resume is exact, and 1 or N processes draw alike at one effective batch
+        chunks = [(step * accum + i) * world.size + world.rank for i in range(accum)]
+        seeds = [config.run.seed * 1_000_003 + c for c in chunks]
         lr = lr_at(step, total, plan["warmup_steps"], plan["peak_lr"], config.optim.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -277,7 +290,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
         micro = [next(batches) for _ in range(accum)]
         window_wait += time.perf_counter() - waited
         try:
-            step_loss = train_step(model, provider, spec, micro, loss_name, config, device)
+            step_loss = train_step(model, provider, spec, micro, loss_name, config, device, seeds)
         except torch.OutOfMemoryError:
             raise MimbenchError(
                 f"out of memory at step {step}; the last good checkpoint in '{run.path}' is kept: "
@@ -341,11 +354,12 @@ def checked_targets(provider, view, index, spec, name: str):
 
 
 def train_step(model, provider, spec, micro: list[dict], loss_name: str, config: Config,
-               device: torch.device) -> float:
+               device: torch.device, seeds: list[int] | None = None) -> float:
     """Forward and backward over this process's micro-batches; returns the step's loss over
     all processes. Targets are standardised with moments of the whole effective batch, and
     the loss is a sum over masked tokens divided by their count in the whole effective batch,
-    so the gradient equals one process's over one batch of that size."""
+    so the gradient equals one process's over one batch of that size. `seeds`: one per
+    micro-batch, set before its forward."""
     targets = []
     cached = isinstance(provider, TargetCache)
     with torch.inference_mode(), distributed.autocast(device, config.run.teacher_amp):
@@ -361,12 +375,17 @@ def train_step(model, provider, spec, micro: list[dict], loss_name: str, config:
             targets = [standardize_channels(t, moments) for t in targets]
     masks = [b["mask"].to(device, non_blocking=True) for b in micro]  # each [B, N]
     masked = distributed.sum_all(sum(m.sum() for m in masks).double())
+    if masked.item() == 0:
+        raise ConfigError("no patch of this step's batch was masked; raise mask.ratio or "
+                          "mask.num_masked, or lower mask.min_block.")
     world_size = torch.distributed.get_world_size() if isinstance(model, DistributedDataParallel) else 1
     scale = world_size / masked.item()  # DDP averages gradients over processes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, (b, target, mask) in enumerate(zip(micro, targets, masks)):
         last = i == len(micro) - 1
         sync = contextlib.nullcontext() if last or world_size == 1 else model.no_sync()
+        if seeds:
+            torch.manual_seed(seeds[i])
         with sync:
             with distributed.autocast(device, config.optim.amp):
                 view = student_input(b["student"].to(device, non_blocking=True))  # [B, 3, S, S]

@@ -6,6 +6,7 @@ loss reads the masked ones."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -22,10 +23,15 @@ from mimbench.targets.base import TargetSpec
 
 
 def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
-    """A timm ViT/BEiT without classifier, shaped by the config; names stay timm's."""
+    """A timm ViT/BEiT without classifier, shaped by the config; names stay timm's.
+
+    Built with global_pool='token', so that `norm` is the final LayerNorm after the blocks for
+    both families (timm's BEiT defaults to 'avg', which moves it to an `fc_norm` after pooling):
+    BEiT's and MAE's pre-training normalise the tokens before the head. Fine-tuning drops that
+    norm and normalises the pooled tokens instead (evals.finetune.Classifier), as both do."""
     kwargs = dict(img_size=config.img_size, patch_size=config.patch_size,
                   embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
-                  drop_path_rate=config.drop_path, num_classes=0)
+                  drop_path_rate=config.drop_path, num_classes=0, global_pool="token")
     if config.layer_scale is not None:
         kwargs["init_values"] = config.layer_scale
     kwargs.update(config.extra)
@@ -148,13 +154,16 @@ class MaeStudent(nn.Module):
         dim = config.decoder_dim
         self.decoder_embed = nn.Linear(self.encoder.embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
         pos = build_sincos2d_pos_embed(list(config.grid), dim)[None]  # [1, N, dim]
         self.register_buffer("decoder_pos_embed", pos, persistent=False)
-        self.decoder = nn.Sequential(*[Block(dim, config.decoder_heads, qkv_bias=True)
+        norm = partial(nn.LayerNorm, eps=1e-6)  # MAE's decoder norms
+        self.decoder = nn.Sequential(*[Block(dim, config.decoder_heads, qkv_bias=True, norm_layer=norm)
                                        for _ in range(config.decoder_depth)])
-        self.decoder_norm = nn.LayerNorm(dim)
-        self.head = linear_head(dim, spec.dim)
+        self.decoder_norm = norm(dim)
+        self.head = nn.Linear(dim, spec.dim)  # MAE's decoder_pred
+        for module in (self.decoder_embed, self.decoder, self.decoder_norm, self.head):
+            module.apply(mae_init)
+        nn.init.normal_(self.mask_token, std=0.02)
 
     def encode_visible(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, S, S], mask [B, N] bool with the same count per row -> the encoder's
@@ -181,6 +190,16 @@ class MaeStudent(nn.Module):
         x = torch.cat([x[:, :prefix], full + self.decoder_pos_embed.to(x.dtype)], 1)
         x = self.decoder_norm(self.decoder(x))
         return self.head(x[:, prefix:])  # [B, N, spec.dim]
+
+
+def mae_init(module: nn.Module) -> None:
+    """MAE's decoder initialisation: xavier-uniform linear weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def exempt_from_weight_decay(name: str, param: Tensor) -> bool:

@@ -72,3 +72,42 @@ def test_two_process_run_killed_then_resumed_in_one_process(tmp_path):
     assert sorted(resumed) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+
+
+# The paper preset with timm's BEiT student (shared relative position bias, layer scale) at
+# reduced size on the world, every other setting as published: block masking, random resized
+# crops, flip, colour jitter, effective batch split over the processes.
+PAPER_REDUCED = ["--preset", "paper", "--target", "pixels", "--set", "student.img_size=32",
+                 "--set", "student.patch_size=8", "--set", "student.embed_dim=32",
+                 "--set", "student.depth=2", "--set", "student.num_heads=2",
+                 "--set", "mask.num_masked=6", "--set", "mask.min_block=2",
+                 "--set", "data.name=world", "--set", "data.image_size=32", "--set", "data.length=64",
+                 "--set", "optim.epochs=null", "--set", "optim.steps=4",
+                 "--set", "optim.warmup_epochs=null", "--set", "optim.warmup_steps=1",
+                 "--set", "optim.amp=none", "--set", "run.teacher_amp=none", "--set", "run.device=cpu",
+                 "--set", "run.log_every=1", "--set", "run.checkpoint_every=2",
+                 "--set", "optim.effective_batch=8"]
+MAE_STYLE = ["--set", "student.style=mae", "--set", "student.model=vit_base_patch16_224",
+             "--set", "student.extra={}", "--set", "student.decoder_dim=32",
+             "--set", "student.decoder_heads=2", "--set", "student.decoder_depth=1"]
+
+
+@pytest.mark.parametrize("style", ["beit", "mae"])
+def test_paper_preset_under_torchrun_equals_one_process_at_the_same_effective_batch(tmp_path, style):
+    """One process splits the effective batch of 8 into two forwards of 4 (optim.batch_size is
+    the per-device limit); two processes take 4 each. Same losses, step by step."""
+    extra = MAE_STYLE if style == "mae" else []
+    args = ["pretrain", *PAPER_REDUCED, *extra, "--set", "optim.batch_size=4"]
+    one = run_cli(*args, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    assert "effective batch 8 = 4 per process x 1 process(es) x 2 accumulation" in one.stderr
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "mimbench", *args, "--out", str(tmp_path / "two")]
+    two = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "effective batch 8 = 4 per process x 2 process(es) x 1 accumulation" in two.stderr
+    single, double = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(double) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert double[step] == pytest.approx(single[step], rel=1e-4), step

@@ -17,7 +17,7 @@ from mimbench.testing import TargetContractError
 
 
 def test_schedule_from_epochs_and_lr_scaling():
-    c = cfg.resolve("paper", target="pixels", overrides=("optim.batch_size=256", "optim.accum_steps=2"))
+    c = cfg.resolve("paper", target="pixels", overrides=("optim.effective_batch=512",))
     plan = schedule(c, dataset_size=1_281_167)
     assert plan["effective_batch"] == 512
     assert plan["steps_per_epoch"] == 1_281_167 // 512

@@ -29,7 +29,7 @@ def test_paper_preset_runs_pretraining_and_all_three_evaluations(tmp_path):
         "target": {"name": "clip", "model": "ViT-B-16", "weights": str(weights), "layer": -1,
                    "project": True},
         "data": {"root": str(tmp_path / "train"), "num_workers": 0},
-        "optim": {"batch_size": 2, "steps": 2, "epochs": None, "warmup_steps": 1,
+        "optim": {"effective_batch": 2, "batch_size": 2, "steps": 2, "epochs": None, "warmup_steps": 1,
                   "warmup_epochs": None, "amp": "none"},
         "run": {"teacher_amp": "none", "checkpoint_every": 2, "log_every": 1},
         "eval_data": {"train": {"root": str(tmp_path / "train")}, "val": {"root": str(tmp_path / "val")}},

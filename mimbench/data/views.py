@@ -170,24 +170,28 @@ class MIMDataset(torch.utils.data.Dataset):
 class StreamSampler(torch.utils.data.Sampler):
     """An endless stream of (epoch, index): epoch e is a permutation seeded by (seed, e).
 
-    Global sample k of the stream goes to rank k % world_size, so W processes together read
-    exactly what one process reads, and a stream can restart at any global sample `start`.
+    The stream is cut into chunks of `chunk` consecutive samples (one forward's batch), and
+    chunk c goes to rank c % world_size: W processes together read exactly what one process
+    reads, forward by forward, and a stream can restart at any global sample `start` (a
+    multiple of chunk x world_size).
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
+                 chunk: int = 1):
         self.size, self.seed, self.start = size, seed, start
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.chunk = rank, world_size, chunk
 
     def _permutation(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(self.size, generator=g).tolist()
 
     def __iter__(self):
-        k = self.start + self.rank
+        c = self.start // self.chunk + self.rank  # this rank's first chunk
         epoch, order = -1, []
         while True:
-            if k // self.size != epoch:
-                epoch = k // self.size
-                order = self._permutation(epoch)
-            yield epoch, order[k % self.size]
-            k += self.world_size
+            for k in range(c * self.chunk, (c + 1) * self.chunk):
+                if k // self.size != epoch:
+                    epoch = k // self.size
+                    order = self._permutation(epoch)
+                yield epoch, order[k % self.size]
+            c += self.world_size
