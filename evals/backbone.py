@@ -76,6 +76,7 @@ def per_block_rel_pos_bias(encoder: nn.Module) -> nn.Module:
         attn.window_size = shared.window_size
         attn.num_relative_distance = shared.relative_position_bias_table.shape[0]
         attn.relative_position_bias_table = nn.Parameter(shared.relative_position_bias_table.detach().clone())
+        del attn.relative_position_index  # None in a block built without a table of its own
         attn.register_buffer("relative_position_index", shared.relative_position_index.clone(),
                              persistent=False)
     encoder.rel_pos_bias = None

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mimbench.data import build_dataset
-from mimbench.data.views import resize_all, student_input, uint8_tensor
+from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil, resize_all, student_input, uint8_tensor
 
 
 def eval_dataset(config, split: str):
@@ -63,23 +63,57 @@ def fingerprint(dataset, name: str, options: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-class Batches:
-    """Iterate (images [B, 3, S, S], labels [B]) over a dataset, in order or in `order`, as
-    centre views (eval_batch); with drop_last, only full batches."""
+class CentreView:
+    """An evaluation view: (image, label) -> (normalised [3, S, S] centre view, label)."""
 
-    def __init__(self, dataset, size: int, batch_size: int = 256, order=None, drop_last=False,
-                 crop_pct: float = 1.0):
-        self.dataset, self.size, self.batch_size, self.crop_pct = dataset, size, batch_size, crop_pct
-        self.order = list(range(len(dataset))) if order is None else [int(i) for i in order]
-        self.drop_last = drop_last
+    def __init__(self, size: int, crop_pct: float):
+        self.size, self.crop_pct = size, crop_pct
+
+    def __call__(self, image) -> torch.Tensor:
+        return eval_batch([image], self.size, self.crop_pct)[0]
+
+
+class FinetuneAugmentation:
+    """BEiT's and MAE's fine-tuning views, by timm's own transform: RandomResizedCrop (0.08-1,
+    bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 (pixel mode), then
+    the student's normalisation. PIL image or uint8 array -> [3, S, S]."""
+
+    def __init__(self, size: int):
+        from timm.data import create_transform
+
+        self.transform = create_transform(
+            input_size=size, is_training=True, scale=(0.08, 1.0), hflip=0.5,
+            auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
+            re_mode="pixel", re_count=1, mean=STUDENT_MEAN, std=STUDENT_STD)
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.transform(as_pil(image))
+
+
+class LabelledViews(torch.utils.data.Dataset):
+    """(image, label) pairs of `dataset` as (view(image), label)."""
+
+    def __init__(self, dataset, view):
+        self.dataset, self.view = dataset, view
 
     def __len__(self):
-        if self.drop_last:
-            return len(self.order) // self.batch_size
-        return (len(self.order) + self.batch_size - 1) // self.batch_size
+        return len(self.dataset)
 
-    def __iter__(self):
-        for b in range(len(self)):
-            items = [self.dataset[i] for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
-            yield (eval_batch([im for im, _ in items], self.size, self.crop_pct),
-                   torch.tensor([label for _, label in items]))
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        return self.view(image), label
+
+
+def labelled_batches(dataset, size: int, batch_size: int = 256, order=None, drop_last=False,
+                     crop_pct: float = 1.0, view=None, workers: int = 0, pin_memory: bool = False,
+                     seed: int = 0):
+    """(images [B, 3, S, S], labels [B]) over a dataset, in order or in `order`, as centre views
+    (eval_batch) or `view`'s; with drop_last, only full batches. Views are made in `workers`
+    DataLoader processes (none: in this one), whose random augmentations are seeded by `seed`
+    (the global RNG is left alone)."""
+    views = LabelledViews(dataset, view or CentreView(size, crop_pct))
+    order = list(range(len(dataset))) if order is None else [int(i) for i in order]
+    return torch.utils.data.DataLoader(views, batch_size=batch_size, sampler=order,
+                                       drop_last=drop_last, num_workers=workers,
+                                       pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(seed))

@@ -4,6 +4,7 @@ optional mixup/cutmix), average-pooled patch tokens into a linear classifier."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 
 import torch
@@ -14,7 +15,8 @@ from torch import nn
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.errors import DataError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
-from mimbench.evals.data import Batches, eval_dataset, fingerprint
+from mimbench.evals.data import (CentreView, FinetuneAugmentation, eval_dataset, fingerprint,
+                                 labelled_batches)
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
 REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
@@ -43,13 +45,15 @@ class Classifier(nn.Module):
 def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int, seed: int,
                      progress=None, task: str = "fine-tuning",
                      device: torch.device = torch.device("cpu"),
-                     amp: str = "none", crop_pct: float = 1.0) -> tuple[Classifier, list[float]]:
+                     amp: str = "none", crop_pct: float = 1.0,
+                     workers: int = 0) -> tuple[Classifier, list[float]]:
     """Train `encoder` with a new head on (image, label) pairs by the recipe `cfg` (a
     FinetuneConfig); returns the classifier in eval mode and the loss per step."""
     classes = getattr(train_set, "num_classes", None) or len(getattr(train_set, "classes", []))
     if not classes:
         raise DataError("fine-tuning needs labelled data: point eval_data at class sub-folders.")
     torch.manual_seed(seed)
+    random.seed(seed)  # timm's RandAugment and random erasing draw from Python's RNG
     encoder = per_block_rel_pos_bias(encoder)
     set_drop_path(encoder, cfg.drop_path)
     model = Classifier(encoder, classes).to(device)
@@ -62,10 +66,13 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
                       label_smoothing=cfg.label_smoothing, num_classes=classes)
     g = torch.Generator().manual_seed(seed)
+    view = FinetuneAugmentation(size) if cfg.augment else CentreView(size, crop_pct)
 
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
-        return Batches(train_set, size, cfg.batch_size, order, drop_last=True, crop_pct=crop_pct)
+        return labelled_batches(train_set, size, cfg.batch_size, order, drop_last=True, view=view,
+                                workers=workers, pin_memory=device.type == "cuda",
+                                seed=seed * 1_000 + epoch)
 
     def loss_fn(m, batch):
         x, y = batch
@@ -79,11 +86,13 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
     return model, losses
 
 
-def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0) -> float:
+def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0,
+         workers: int = 0) -> float:
     correct = 0
     device = next(model.parameters()).device
     with torch.no_grad(), autocast(device, amp):
-        for x, y in Batches(dataset, size, crop_pct=crop_pct):
+        for x, y in labelled_batches(dataset, size, crop_pct=crop_pct, workers=workers,
+                                     pin_memory=device.type == "cuda"):
             correct += (model(to_device(x, device)).argmax(1).cpu() == y).sum().item()
     return correct / len(dataset) * 100
 
@@ -103,17 +112,20 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
                                      progress, device=resolve_device(config.run.device),
-                                     amp=config.optim.amp, crop_pct=config.eval_data.crop_pct)
+                                     amp=config.optim.amp, crop_pct=config.eval_data.crop_pct,
+                                     workers=config.eval_data.num_workers)
     classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
             "warmup_steps_run": warmup, "model": source, "classes": classes,
             "features": "average-pooled last-block patch tokens (final norm dropped), LayerNorm, linear",
-            "views": f"shorter side to {size}/{config.eval_data.crop_pct:g}, centre {size}-px crop",
+            "views": (f"training: {'random resized crop, flip, RandAugment m9, random erasing 0.25' if cfg.augment else 'as validation'}; "
+                      f"validation: shorter side to {size}/{config.eval_data.crop_pct:g}, centre {size}-px crop"),
             "train": {"options": config.eval_data.train, "size": len(train_set),
                       "fingerprint": fingerprint(train_set, config.eval_data.name, config.eval_data.train)},
             "val": {"options": config.eval_data.val, "size": len(val_set),
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
             "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
-    return {"top1": top1(model, val_set, size, config.optim.amp, config.eval_data.crop_pct),
+    return {"top1": top1(model, val_set, size, config.optim.amp, config.eval_data.crop_pct,
+                         config.eval_data.num_workers),
             "card": card}

@@ -39,6 +39,14 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+def classifier_conv(cin: int, classes: int) -> nn.Conv2d:
+    """A decode head's 1x1 classifier, initialised as mmseg's conv_seg: normal std .01, zero bias."""
+    conv = nn.Conv2d(cin, classes, 1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class UperHead(nn.Module):
     """Pyramid pooling on the coarsest level + a feature pyramid network, fused at the finest."""
 
@@ -51,7 +59,8 @@ class UperHead(nn.Module):
         self.lateral = nn.ModuleList(conv_bn_relu(cin, channels, 1) for cin in cins[:3])
         self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in range(3))
         self.fuse = conv_bn_relu(4 * channels, channels)
-        self.classifier = nn.Conv2d(channels, classes, 1)
+        self.dropout = nn.Dropout2d(0.1)  # mmseg's decode heads: dropout_ratio 0.1 before conv_seg
+        self.classifier = classifier_conv(channels, classes)
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         top = levels[3]  # the coarsest level
@@ -65,7 +74,7 @@ class UperHead(nn.Module):
         outs = [conv(x) for conv, x in zip(self.fpn, laterals[:3])] + [laterals[3]]
         size = outs[0].shape[-2:]
         outs = [outs[0]] + [F.interpolate(x, size, mode="bilinear", align_corners=False) for x in outs[1:]]
-        return self.classifier(self.fuse(torch.cat(outs, 1)))
+        return self.classifier(self.dropout(self.fuse(torch.cat(outs, 1))))
 
 
 class ViTPyramid(nn.Module):
@@ -108,15 +117,18 @@ class StagePyramid(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Backbone -> a 4-level pyramid -> UperNet; an FCN aux head on level 3."""
+    """Backbone -> a 4-level pyramid -> UperNet; an FCN aux head on level 3 (mmseg's FCNHead:
+    one 3x3 conv of `aux_channels`, no input concatenation, dropout 0.1, a 1x1 classifier)."""
 
-    def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales):
+    def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales,
+                 aux_channels: int | None = None):
         super().__init__()
         self.pyramid = StagePyramid(encoder) if hasattr(encoder, "stages") else ViTPyramid(encoder)
         self.encoder = encoder
         cins = self.pyramid.channels
         self.head = UperHead(cins, channels, classes, pool_scales)
-        self.aux = nn.Sequential(conv_bn_relu(cins[2], channels), nn.Conv2d(channels, classes, 1))
+        aux = aux_channels or channels
+        self.aux = nn.Sequential(conv_bn_relu(cins[2], aux), nn.Dropout2d(0.1), classifier_conv(aux, classes))
 
     def forward(self, images: torch.Tensor):
         levels = self.pyramid(images)
@@ -162,7 +174,7 @@ def _augmented_batch(dataset, indices, cfg, g: torch.Generator):
         raise ConfigError("segmentation.augment needs segmentation.crop (BEiT: 512).")
     pairs = [augment(*dataset[int(i)], cfg.crop, g, cfg.scale, cfg.ratio_range, cfg.cat_max_ratio)
              for i in indices]
-    x = torch.stack([TF.normalize(image, STUDENT_MEAN, STUDENT_STD) for image, _ in pairs])
+    x = torch.stack([image for image, _ in pairs])
     return x, torch.stack([label for _, label in pairs])  # [B, 3, crop, crop], [B, crop, crop]
 
 
@@ -207,7 +219,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
         encoder.set_input_size(img_size=(cfg.crop, cfg.crop))  # position embeddings/biases resampled
     set_drop_path(encoder, cfg.drop_path)
     device = resolve_device(config.run.device)
-    model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales).to(device)
+    model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales, cfg.aux_channels).to(device)
     groups = param_groups(model.encoder, nn.ModuleList([model.pyramid.necks, model.head, model.aux]),
                           cfg.weight_decay, cfg.layer_decay)
     g = torch.Generator().manual_seed(config.run.seed)

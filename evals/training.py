@@ -30,7 +30,7 @@ def set_drop_path(encoder: nn.Module, rate: float) -> None:
 def layer_id(name: str, depth: int) -> int:
     """BEiT's rule (get_num_layer_for_vit): 0 for embeddings, i + 1 for block i, depth + 1 for
     everything after the blocks and for BEiT's shared relative position bias."""
-    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+    if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed", "reg_token")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

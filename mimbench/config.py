@@ -131,6 +131,7 @@ class EvalDataConfig:
     # (timm's eval transform; BEiT, MAE and DINO: 0.875, i.e. 256 then 224). The world's images
     # are square and already the student's size, so 1.0 leaves them as they are.
     crop_pct: float = 1.0
+    num_workers: int = 0  # DataLoader processes making the evaluations' views (0: the main process)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     mixup: float = 0.0  # timm Mixup alpha; 0 turns it off
     cutmix: float = 0.0
+    # BEiT's/MAE's training views (evals.data.FinetuneAugmentation: random resized crop, flip,
+    # RandAugment, random erasing); off: the evaluation's centre views
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ class SegmentationConfig:
     poly_power: float = 1.0
     drop_path: float = 0.1
     channels: int = 32  # UperNet width (768 at paper scale); the head dominates a tiny step
+    aux_channels: int | None = None  # the auxiliary FCN head's width; None: `channels` (mmseg: 256)
     aux_weight: float = 0.4
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     # training augmentation (BEiT/mmseg): rescale `scale` x ratio_range, crop `crop` with no
@@ -257,7 +262,7 @@ PRESETS: dict[str, dict] = {
         "run": {"teacher_amp": "bf16", "checkpoint_every": 2000, "log_every": 50,
                 "evals": ("linear", "knn", "finetune", "segmentation")},
         "eval_data": {"name": "folder", "train": {"root": None}, "val": {"root": None},
-                      "crop_pct": 0.875},
+                      "crop_pct": 0.875, "num_workers": 10},
         # MAE's linear probe (docs/protocols.md)
         "linear": {"protocol": "mae", "optimizer": "lars", "pooling": "cls", "block": -1,
                    "batch_size": 16384,
@@ -265,10 +270,11 @@ PRESETS: dict[str, dict] = {
         "finetune": {"steps": None, "epochs": 100, "batch_size": 1024, "lr": 4e-3,
                      "layer_decay": 0.65, "weight_decay": 0.05, "warmup_steps": None,
                      "warmup_epochs": 20, "drop_path": 0.1, "label_smoothing": 0.1,
-                     "mixup": 0.8, "cutmix": 1.0},
+                     "mixup": 0.8, "cutmix": 1.0, "augment": True},
         "segmentation": {"steps": 160_000, "batch_size": 16, "lr": 1e-3, "layer_decay": 0.65,
                          "weight_decay": 0.05, "warmup_steps": 1500, "poly_power": 1.0,
-                         "drop_path": 0.1, "channels": 768, "aux_weight": 0.4,
+                         "drop_path": 0.1, "channels": 768, "aux_channels": 256,
+                         "aux_weight": 0.4,
                          "pool_scales": (1, 2, 3, 6), "augment": True, "scale": (2048, 512),
                          "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75, "crop": 512, "stride": 341,
                          "dataset": "ade20k"},

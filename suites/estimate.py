@@ -75,7 +75,7 @@ def eval_flops_per_image(config, seg_classes: int) -> dict[str, float]:
     with torch.device("meta"):
         if crop != size:
             encoder.set_input_size(img_size=(crop, crop))
-        model = Segmenter(encoder, seg_classes, seg.channels, seg.pool_scales)
+        model = Segmenter(encoder, seg_classes, seg.channels, seg.pool_scales, seg.aux_channels)
         crops = torch.randn(2, 3, crop, crop)
 
     def seg_step():

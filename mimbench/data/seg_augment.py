@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from mimbench.data.views import as_pil
+from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 
 IGNORE = 255
 
@@ -75,15 +75,17 @@ def photometric_distortion(image: torch.Tensor, g: torch.Generator) -> torch.Ten
 
 
 def augment(image, label: np.ndarray, crop: int, g: torch.Generator,
-            scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75):
-    """image: PIL RGB or uint8 [H, W, 3] array -> image [3, crop, crop] in [0, 1] (zero padded),
-    label [crop, crop] int64 (255 padded)."""
+            scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio=0.75,
+            mean=STUDENT_MEAN, std=STUDENT_STD):
+    """image: PIL RGB or uint8 [H, W, 3] array -> image [3, crop, crop] normalised with
+    mean/std, then zero padded (mmseg's train pipeline: Normalize before Pad, pad value 0, so
+    padding is the mean colour, as at inference), label [crop, crop] int64 (255 padded)."""
     image, label = random_rescale(as_pil(image), label, scale, ratio_range, g)
     image, label = random_crop(image, label, crop, cat_max_ratio, g)
     x = TF.to_tensor(image)  # [3, h, w]
     y = torch.from_numpy(np.ascontiguousarray(label))  # [h, w]
     if coin(g):
         x, y = x.flip(-1), y.flip(-1)
-    x = photometric_distortion(x, g)
+    x = TF.normalize(photometric_distortion(x, g), mean, std)
     pad = (0, crop - x.shape[-1], 0, crop - x.shape[-2])  # right and bottom
     return torch.nn.functional.pad(x, pad, value=0.0), torch.nn.functional.pad(y, pad, value=IGNORE)
