@@ -12,12 +12,36 @@ import torch
 import torch.nn.functional as F
 
 from mimbench.data import build_dataset
+from mimbench.errors import DataError
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil, resize_all, student_input, uint8_tensor
 
 
 def eval_dataset(config, split: str):
     options = getattr(config.eval_data, split)
     return build_dataset(config.eval_data.name, **options)
+
+
+def eval_splits(config):
+    """The evaluation's (train, val) datasets, refused when their class lists differ (a label
+    would name another class in each split)."""
+    train, val = eval_dataset(config, "train"), eval_dataset(config, "val")
+    a, b = getattr(train, "classes", None), getattr(val, "classes", None)
+    if a and b and list(a) != list(b):
+        missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        detail = "; ".join(part for part in (
+            f"val lacks {', '.join(missing[:5])}" if missing else "",
+            f"val has {', '.join(extra[:5])} that train lacks" if extra else "") if part)
+        raise DataError(f"the evaluation's train and val splits hold different classes "
+                        f"({detail or 'in another order'}); give both splits the same class "
+                        f"sub-folders, or labels would name other classes in each.")
+    return train, val
+
+
+def class_card(dataset) -> dict:
+    """The class list a split's labels index, and its hash, for a card."""
+    classes = list(getattr(dataset, "classes", None) or [])
+    digest = hashlib.sha256(json.dumps(classes).encode()).hexdigest()[:16]
+    return {"classes": len(classes), "class_names": classes[:1000], "classes_sha256": digest}
 
 
 def student_batch(images: list, size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.data.views import resize_all, teacher_input, uint8_tensor
 from mimbench.errors import ConfigError, DataError
 from mimbench.evals.backbone import block_tokens, pooled_features
-from mimbench.evals.data import eval_batch, eval_dataset, fingerprint, student_batch
+from mimbench.evals.data import class_card, eval_batch, eval_splits, fingerprint, student_batch
 from mimbench.targets.frozen import block_index
 
 Embed = Callable[[list], torch.Tensor]  # a batch of images (uint8 arrays) -> [B, D] features
@@ -120,11 +120,10 @@ def cached_features(embed: Embed, dataset, cache: Path | None, key: str, **kw):
 
 def frozen_splits(model: FrozenModel, config, cache: Path | None, progress=None,
                   task: str = "probe") -> dict:
-    """{'train' | 'val': (features [M, D], labels [M], fingerprint, size)} of the labelled
-    evaluation data."""
+    """{'train' | 'val': (features [M, D], labels [M], fingerprint, size), 'classes': their
+    class list (class_card)} of the labelled evaluation data."""
     splits = {}
-    for split in ("train", "val"):
-        dataset = eval_dataset(config, split)
+    for split, dataset in zip(("train", "val"), eval_splits(config)):
         if any(dataset[i][1] < 0 for i in (0, len(dataset) - 1)):
             raise DataError(f"the {split} data of the {task} has no labels; use a labelled "
                             f"dataset (class sub-folders) for eval_data.")
@@ -132,11 +131,12 @@ def frozen_splits(model: FrozenModel, config, cache: Path | None, progress=None,
         x, y = cached_features(model.embed, dataset, cache, f"{model.key}|{fp}", progress=progress,
                                task=f"features {split}")
         splits[split] = (x, y, fp, len(dataset))
+        splits["classes"] = class_card(dataset)  # the same for both splits (eval_splits)
     return splits
 
 
 def probe_card(model: FrozenModel, config, splits: dict) -> dict:
     """What a probe's card says about its model and data."""
     return {"model": model.source, "features": model.features, "data": config.eval_data.name,
-            **{split: {"options": getattr(config.eval_data, split), "size": splits[split][3],
+            **splits["classes"], **{split: {"options": getattr(config.eval_data, split), "size": splits[split][3],
                        "fingerprint": splits[split][2]} for split in ("train", "val")}}

@@ -15,8 +15,8 @@ from torch import nn
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.errors import DataError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
-from mimbench.evals.data import (CentreView, FinetuneAugmentation, eval_dataset, fingerprint,
-                                 labelled_batches)
+from mimbench.evals.data import (CentreView, FinetuneAugmentation, class_card, eval_splits,
+                                 fingerprint, labelled_batches)
 from mimbench.evals.training import endless, param_groups, set_drop_path, train
 
 REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
@@ -105,7 +105,7 @@ def finetune_steps(cfg, train_size: int) -> int:
 def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
     started = time.perf_counter()
     cfg = config.finetune
-    train_set, val_set = eval_dataset(config, "train"), eval_dataset(config, "val")
+    train_set, val_set = eval_splits(config)
     size = input_size(encoder, config)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     steps = finetune_steps(cfg, len(train_set))
@@ -116,7 +116,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
                                      workers=config.eval_data.num_workers)
     classes = model.head.out_features
     card = {"protocol": "BEiT fine-tuning", **dataclasses.asdict(cfg), "steps_run": steps,
-            "warmup_steps_run": warmup, "model": source, "classes": classes,
+            "warmup_steps_run": warmup, "model": source, **class_card(train_set), "classes": classes,
             "features": "average-pooled last-block patch tokens (final norm dropped), LayerNorm, linear",
             "views": (f"training: {'random resized crop, flip, RandAugment m9, random erasing 0.25' if cfg.augment else 'as validation'}; "
                       f"validation: shorter side to {size}/{config.eval_data.crop_pct:g}, centre {size}-px crop"),

@@ -65,22 +65,24 @@ def config_options(f):
                      help="Run directory (default: runs/<target>-<time>).")(f)
     f = click.option("--resume", type=click.Path(file_okay=False),
                      help="Continue the run in this directory from its last checkpoint.")(f)
+    f = click.option("--overwrite", is_flag=True,
+                     help="Start afresh in --out, removing the run already there.")(f)
     return f
 
 
-def _pretrain(target, preset, config_file, overrides, out, resume):
+def _pretrain(target, preset, config_file, overrides, out, resume, overwrite=False):
     from mimbench.engine import open_run, pretrain
 
     if resume:
-        if target or config_file or overrides or out:
+        if target or config_file or overrides or out or overwrite:
             raise MimbenchError("--resume continues a run with its saved config; drop --target, "
-                                "--config, --set and --out.")
+                                "--config, --set, --out and --overwrite.")
         run = open_run(resume, resume=True)
         config = cfg.from_dict(cfg.load_yaml(run.config))
     else:
         config = cfg.resolve(preset, config_file, target, tuple(overrides))
         run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                       resume=False)
+                       resume=False, config=config, overwrite=overwrite)
     say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
     with reporter() as report:
         results = pretrain(config, run, report, say)
@@ -206,19 +208,20 @@ def print_results(run, results: dict) -> None:
 
 @main.command()
 @config_options
-def pretrain(target, preset, config_file, overrides, out, resume):
+def pretrain(target, preset, config_file, overrides, out, resume, overwrite):
     """Pre-train a student with a target; writes a run directory."""
-    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume, overwrite)
     print_results(run, results)
 
 
 @main.command()
 @config_options
-def run(target, preset, config_file, overrides, out, resume):
+def run(target, preset, config_file, overrides, out, resume, overwrite):
     """Pre-train, then run the evaluations in run.evals; prints a results table."""
     from mimbench.evals import run_evals
 
-    run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume)
+    run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume,
+                                         overwrite)
     if config.run.evals and is_main_process():  # evaluations run in rank 0 only
         with reporter() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
@@ -258,8 +261,9 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     else:
         config = cfg.resolve(preset or "tiny", target=target, overrides=tuple(overrides))
         student = checkpoint_path and saved_student(checkpoint_path)
-        if student:  # evaluate with the shape the model was trained at
+        if student:  # evaluate with the shape the model was trained at, --set student.* on top
             config = cfg.apply(config, {"student": student})
+            config = cfg.with_overrides(config, tuple(o for o in overrides if o.startswith("student.")))
     if out is None and checkpoint_path and Path(checkpoint_path).is_dir():
         digest = hashlib.sha256(json.dumps(cfg.to_dict(config), sort_keys=True).encode()).hexdigest()
         out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"

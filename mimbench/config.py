@@ -11,7 +11,9 @@ against the factory's signature so a typo gets a "did you mean".
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,6 +105,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = 3.0
     amp: Literal["none", "bf16"] = "none"  # student autocast
+    # a finite loss with a non-finite gradient norm (bf16 overflow): stop the run, or skip the step
+    nonfinite_grads: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
@@ -467,11 +471,16 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     # the run's target: the last --set target.name, else --target, else the file's, else the preset's
     names = [p["target"]["name"] for p in parsed if "name" in p.get("target", {})]
     name = names[-1] if names else target or file_target.get("name") or config.target.name
-    # a file's target keys belong to the target it names: they stand only if that is the run's
-    same = file_target.get("name", name) == name
-    config = apply(config, from_file if same else {k: v for k, v in from_file.items() if k != "target"})
-    config = apply(config, {"target": {"name": name}})
-    chosen = (set(file_target) if same else set()) | set_keys("target")
+    # a file's target keys without a name apply to the run's target; with another name they
+    # belong to that target, and a run of this one would silently drop them
+    options = {k: v for k, v in file_target.items() if k != "name"}
+    if file_target.get("name", name) != name and options:
+        raise ConfigError(f"the config file's target section is for '{file_target['name']}' "
+                          f"(with {', '.join(sorted(options))}), but this run's target is '{name}'; "
+                          f"drop --target (or target.name), or the file's target section.")
+    config = apply(config, {"target": {"name": name}})  # before the file: options follow the name
+    config = apply(config, {**from_file, "target": options})
+    chosen = set(options) | set_keys("target")
     defaults = TARGET_DEFAULTS.get(preset, {}).get(name, {})
     config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
     config = with_overrides(config, overrides)
@@ -630,6 +639,17 @@ def diff(config: Config, base: Config | None = None) -> dict:
     """The keys of `config` that differ from `base` (default: the tiny defaults), flattened."""
     a, b = to_dict(config), to_dict(base or Config())
     return {f"{s}.{k}": v for s in a for k, v in a[s].items() if b[s].get(k, object()) != v}
+
+
+def differing_keys(a: Config, b: Config) -> list[str]:
+    """The section.key names whose values differ between two configs, sorted."""
+    return sorted(set(diff(a, b)) | set(diff(b, a)))
+
+
+def identity(config: Config) -> str:
+    """A short SHA-256 of the whole resolved config: what a run directory's numbers come from."""
+    text = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_label_maps(config) -> None:

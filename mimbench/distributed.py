@@ -86,6 +86,14 @@ def sum_all(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is set on any process (a stop request seen by one rank stops all at the
+    same step); the flag itself when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return bool(sum_all(torch.tensor(float(flag))).item() > 0)
+    return flag
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

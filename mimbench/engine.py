@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -96,6 +97,22 @@ class RunDir:
         self.results = self.path / "results.json"
         self.trackers: Trackers | None = None
 
+    # everything a run writes into its directory (run_lock's lock file aside)
+    FILES = ("config.yaml", "metrics.jsonl", checkpoint.CHECKPOINT, checkpoint.PREVIOUS,
+             "results.json", "features", "evals", "tensorboard", "wandb")
+
+    def saved_config(self) -> Config | None:
+        return cfg.from_dict(cfg.load_yaml(self.config)) if self.config.exists() else None
+
+    def clear(self) -> None:
+        """Remove what an earlier run wrote here, so that a new one starts afresh."""
+        for name in self.FILES:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
     def begin(self, config: Config) -> None:
         """Take the folder for this process (mimbench.run_lock), creating it, write
         config.yaml unless a run started here already, and open run.loggers' trackers."""
@@ -120,7 +137,7 @@ class RunDir:
         if not self.metrics.exists():
             return
         kept = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= last_step]
+                if (row := parsed_row(line)) is not None and row["step"] <= last_step]
         tmp = self.metrics.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.metrics)
@@ -131,15 +148,40 @@ class RunDir:
         tmp.replace(self.results)
 
 
-def open_run(out: str | Path, resume: bool) -> RunDir:
-    """The run directory at `out`: an existing run to resume, or a place for a new one."""
+def parsed_row(line: str) -> dict | None:
+    """A metrics.jsonl line, or None for a blank or torn one (a kill or a full disk mid-write)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and "step" in row else None
+
+
+def open_run(out: str | Path, resume: bool, config: Config | None = None,
+             overwrite: bool = False) -> RunDir:
+    """The run directory at `out`: an existing run to resume, or a place for a new run of
+    `config`. A directory holding a run of another config is refused, naming the keys that
+    differ, unless `overwrite` (which removes the old run's files); one holding a run of the
+    same config that saved no checkpoint starts afresh (its stale lines are dropped)."""
     run = RunDir(out)
-    if resume and not run.config.exists():
-        raise MimbenchError(f"'{run.path}' is not a run directory (no config.yaml); "
-                            f"check the path given to --resume.")
-    if not resume and run.checkpoint.exists():
+    if resume:
+        if not run.config.exists():
+            raise MimbenchError(f"'{run.path}' is not a run directory (no config.yaml); "
+                                f"check the path given to --resume.")
+        return run
+    saved = run.saved_config()
+    if overwrite or saved is None:
+        run.clear()
+        return run
+    changed = cfg.differing_keys(saved, config) if config is not None else []
+    if changed:
+        raise MimbenchError(f"'{run.path}' holds a run of another config (it differs in "
+                            f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}); "
+                            f"choose another --out, or add --overwrite to start afresh there.")
+    if run.checkpoint.exists():
         raise MimbenchError(f"'{run.path}' already holds a run; continue it with --resume "
-                            f"{run.path} or choose another --out.")
+                            f"{run.path}, choose another --out, or add --overwrite.")
+    run.clear()  # the same config, nothing saved: a run that died before its first checkpoint
     return run
 
 
@@ -147,13 +189,13 @@ def split_batch(effective: int, processes: int, device_limit: int) -> tuple[int,
     """(images per forward on one device, accumulation steps) that make `effective` images per
     optimizer step over `processes` processes: each process's share in the fewest accumulation
     steps that keep a forward within `device_limit` images and divide the share evenly."""
+    if effective < processes:
+        raise ConfigError(f"the effective batch {effective} leaves a per-device batch of 0 on "
+                          f"{processes} processes; use fewer processes or a larger effective batch.")
     if effective % processes:
         raise ConfigError(f"the effective batch {effective} does not split evenly over {processes} "
                           f"process(es); use a multiple of {processes} or another process count.")
     share = effective // processes
-    if share == 0:
-        raise ConfigError(f"the effective batch {effective} leaves a per-device batch of 0 on "
-                          f"{processes} processes; use fewer processes or a larger effective batch.")
     accum = next(a for a in range(-(-share // device_limit), share + 1) if share % a == 0)
     return share // accum, accum
 
@@ -263,6 +305,10 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
     earlier = state.get("elapsed_s", 0.0) if state else 0.0  # wall time of the runs resumed from
 
     def save(done: int):
+        if not all(torch.isfinite(p).all() for p in student.parameters()):  # never checkpointed
+            raise TrainingDiverged(f"the weights became non-finite by step {done}; the last good "
+                                   f"checkpoint in '{run.path}' is kept: lower optim.lr or set "
+                                   f"optim.amp=none, then --resume.")
         checkpoint.save_atomic({"step": done, "student": student.state_dict(),
                                 "optimizer": optimizer.state_dict(), "plan": plan,
                                 "config": cfg.to_dict(config),
@@ -271,7 +317,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
 
     metrics = {}
     for step in range(start, total):
-        if stop.asked:  # between steps: the weights and optimizer are consistent
+        if distributed.any_rank(stop.asked):  # between steps, on every rank at the same step
             if world.is_main and step > start:
                 save(step)
             distributed.shutdown()
@@ -303,8 +349,19 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                 f"the loss became {step_loss} at step {step} ({kept}): lower optim.lr, raise "
                 f"optim.warmup_steps, or set optim.amp=none, then "
                 f"{'--resume' if run.checkpoint.exists() else 'start again'}.")
-        if config.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), config.optim.clip_grad)
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
+                                                   config.optim.clip_grad or math.inf)
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            if config.optim.nonfinite_grads == "stop":
+                kept = (f"the last good checkpoint in '{run.path}' is kept" if run.checkpoint.exists()
+                        else "no checkpoint was written yet")
+                raise TrainingDiverged(
+                    f"the gradient norm became {grad_norm.item()} at step {step} with a finite loss "
+                    f"({kept}): lower optim.lr, set optim.amp=none, or set "
+                    f"optim.nonfinite_grads=skip to skip such steps.")
+            log.warning("step %d: non-finite gradient norm; the step is skipped", step)
+            continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -327,7 +384,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                             "wall_time_s": earlier + time.perf_counter() - started,  # all resumes
                             "world_size": world.size, **plan},
                "target": {"name": config.target.name, **asdict(spec)},
-               "config": cfg.to_dict(config)}
+               "config": cfg.to_dict(config), "identity": cfg.identity(config)}
     if world.is_main:
         run.write_results(results)
     distributed.barrier()

@@ -12,6 +12,8 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0,
     """The rate at optimizer step `step` (0-based) of `total`: a linear ramp to `peak` over the
     first `warmup` steps, then `decay` ("cosine", or "poly" with `power`) from `peak` to `floor`
     at step `total`."""
+    if decay not in ("cosine", "poly"):
+        raise ValueError(f"unknown learning-rate decay {decay!r}; use 'cosine' or 'poly'.")
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)

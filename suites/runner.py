@@ -28,14 +28,29 @@ def missing_evals(spec: RunSpec, results: dict) -> list[str]:
     return [e for e in spec.config.run.evals if RESULT_NAMES[e] not in done]
 
 
+def changed(spec: RunSpec, folder: Path) -> list[str]:
+    """The config keys in which the run saved in `folder` differs from `spec`'s ([] if none
+    was saved there yet): a run whose suite was edited since."""
+    saved = RunDir(folder).saved_config()
+    return cfg.differing_keys(saved, spec.config) if saved is not None else []
+
+
 def is_finished(spec: RunSpec, folder: Path) -> bool:
     results = _read(folder / RESULTS)
-    return (not spec.pretrains or "pretrain" in results) and not missing_evals(spec, results)
+    return (not changed(spec, folder) and (not spec.pretrains or "pretrain" in results)
+            and not missing_evals(spec, results))
 
 
 def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
-    """Pre-train (resuming a checkpoint left by an interrupted suite) and evaluate what is
-    missing; returns the run's results.json."""
+    """Pre-train (resuming a checkpoint left by an interrupted suite of the same config) and
+    evaluate what is missing; returns the run's results.json. A run saved under another config
+    (the suite was edited) is removed and run afresh: one table never mixes two configs."""
+    run = RunDir(folder)
+    if changed(spec, folder):
+        run.clear()
+    if not run.config.exists():  # every row records its config, reference rows included
+        folder.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(cfg.dump_yaml(spec.config))
     results = _read(folder / RESULTS)
     if spec.pretrains and "pretrain" not in results:
         train = train_supervised if spec.target == SUPERVISED else pretrain
@@ -116,6 +131,11 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
     runs = suite.runs()
     folders = [out / "runs" / spec.id for spec in runs]
     todo = [i for i, (spec, folder) in enumerate(zip(runs, folders)) if not is_finished(spec, folder)]
+    for i in todo:
+        keys = changed(runs[i], folders[i])
+        if keys and notify:
+            notify(f"{runs[i].id}: saved under another config ({', '.join(keys[:4])}"
+                   f"{' ...' if len(keys) > 4 else ''}); running it afresh")
     done = 0
 
     def finished(i: int, reused: bool) -> None:

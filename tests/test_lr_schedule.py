@@ -26,3 +26,8 @@ def test_polynomial_decay_as_for_segmentation():
 
 def test_no_warmup_starts_at_the_peak():
     assert lr_at(0, 10, 0, 3.0) == 3.0
+
+
+def test_an_unknown_decay_is_refused_not_read_as_cosine():
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'linear'"):
+        lr_at(20, 50, 10, 1.0, decay="linear")

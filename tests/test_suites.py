@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 from mimbench.errors import ConfigError
@@ -369,3 +370,30 @@ def test_beitv2_suite_is_beits_preset_with_beit_v2s_long_schedule():
     assert (c.target.name, c.target.options["weights"], c.student.grid) == ("vqkd", "official", (14, 14))
     assert (c.optim.epochs, c.optim.betas, c.optim.lr, c.data.crop_scale) == (1600, (0.9, 0.999), 1.5e-3, (0.2, 1.0))
     assert (c.mask.num_masked, c.student.layer_scale, c.student.drop_path) == (75, 0.1, 0.1)
+
+
+def test_editing_a_suites_set_reruns_the_runs_it_changed_and_reuses_the_rest(tmp_path):
+    """A run's identity is its whole config: after `set:` changes, runs saved under the old
+    config are run afresh (never resumed or reused under the new name); unchanged ones are reused."""
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]"))
+    out = tmp_path / "out"
+    assert run_cli("suite", "run", path, "--out", out).returncode == 0
+    random_stamp = (out / "runs" / "random-s0" / "results.json").stat().st_mtime_ns
+
+    path.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]").replace("optim.steps: 4", "optim.steps: 5"))
+    result = run_cli("suite", "run", path, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "pixels-s0: saved under another config (optim.steps); running it afresh" in result.stderr
+    pixels = json.loads((out / "runs" / "pixels-s0" / "results.json").read_text())
+    assert pixels["pretrain"]["steps"] == 5 and pixels["config"]["optim"]["steps"] == 5
+    assert [json.loads(line)["step"] for line in
+            (out / "runs" / "pixels-s0" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    saved = yaml.safe_load((out / "runs" / "random-s0" / "config.yaml").read_text())
+    assert saved["optim"]["steps"] == 5  # the reference row records the config it ran under
+    assert (out / "runs" / "random-s0" / "results.json").stat().st_mtime_ns != random_stamp
+
+    again = run_cli("suite", "run", path, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert "pixels-s0: finished earlier, reused" in again.stderr
+    assert "random-s0: finished earlier, reused" in again.stderr
