@@ -115,6 +115,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     teacher_amp: Literal["none", "bf16"] = "none"
+    compile: bool = False  # torch.compile the student for pre-training (docs/performance.md)
     checkpoint_every: int = 200
     log_every: int = 10
     # run after pre-training (seg_linear: the world's frozen per-patch probe, not a paper protocol)

@@ -78,6 +78,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def world_size() -> int:
+    """The number of processes training together (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def sum_all(value: torch.Tensor) -> torch.Tensor:
     """The sum of `value` over all processes (itself when not distributed)."""
     if dist.is_available() and dist.is_initialized():

@@ -31,10 +31,12 @@ def _train_supervised(config: cfg.Config, run: RunDir, progress) -> dict:
     recipe = dataclasses.replace(config.finetune, batch_size=plan["effective_batch"], layer_decay=1.0)
     torch.manual_seed(config.run.seed)
     encoder = build_encoder(config.student)
+    final_norm = encoder.norm  # fine-tuning trains without it (fc_norm after pooling) ...
     _, losses = train_classifier(encoder, images, recipe, config.student.img_size,
                                  plan["total_steps"], plan["warmup_steps"], config.run.seed,
                                  progress, task="supervised", device=resolve_device(config.run.device),
                                  amp=config.optim.amp)
+    encoder.norm = final_norm  # ... and a student's checkpoint has one: at init, a plain standardisation
     run.begin(config)
     checkpoint.save_atomic({"step": plan["total_steps"], "config": cfg.to_dict(config),
                             "student": student_weights(encoder)}, run.checkpoint)

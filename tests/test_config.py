@@ -27,7 +27,7 @@ def test_paper_preset_is_beits_recipe():
     assert s.grid == (14, 14) and s.drop_path == 0.1 and s.layer_scale == 0.1
     assert s.extra["use_shared_rel_pos_bias"] is True
     assert (m.kind, m.count(s.grid), m.min_block, m.min_aspect) == ("block", 75, 16, 0.3)
-    assert (o.batch_size, o.lr, o.betas, o.weight_decay) == (2048, 1.5e-3, (0.9, 0.999), 0.05)
+    assert (o.effective_batch, o.lr, o.betas, o.weight_decay) == (2048, 1.5e-3, (0.9, 0.999), 0.05)
     assert (o.epochs, o.warmup_epochs, o.clip_grad, o.steps) == (300, 10, 3.0, None)
     assert d.crop_scale == (0.08, 1.0) and d.hflip and d.color_jitter == 0.4
 

@@ -246,3 +246,19 @@ def test_data_workers_feed_the_same_run(tmp_path, views):
         losses[workers] = [json.loads(line)["loss"] for line in run.metrics.read_text().splitlines()]
     assert len(losses[0]) == 4
     assert losses[2] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_compiled_student_trains_as_the_eager_one(tmp_path):
+    """run.compile (torch.compile of the student; faster on a GPU, docs/performance.md) leaves
+    the losses as they are, to float rounding."""
+    from tests.conftest import run_cli
+    from tests.test_resume import losses
+
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        result = run_cli("pretrain", "--preset", "smoke", "--target", "pixels", "--set",
+                         f"run.compile={flag}", "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(compiled) == sorted(eager) == [1, 2, 3, 4, 5, 6]
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=1e-5), step

@@ -86,15 +86,16 @@ def test_dry_run_counts_each_evaluation_of_the_paper_recipe_by_hand(tmp_path, mo
         tokens = patches + 1
         return patches * 768 * d + depth * tokens * (12 * d * d + 2 * tokens * d)
 
-    # BEiT's UperNet at crop 512: the 32x32 grid resampled to 128, 64, 32 and 16; 768 channels, 150 classes
-    d, c, k = 768, 768, 150
+    # BEiT's UperNet at crop 512: the 32x32 grid resampled to 128, 64, 32 and 16; 768 channels,
+    # 150 classes; the auxiliary FCN head 256 wide
+    d, c, k, a = 768, 768, 150, 256
     decoder = (d * d * 4 * (32**2 + 64**2 + 32**2)  # the pyramid's transposed convolutions
                + c * d * (128**2 + 64**2 + 32**2)  # lateral 1x1 convolutions
                + d * c * (1 + 4 + 9 + 36)  # pyramid pooling
                + 9 * (d + 4 * c) * c * 16**2  # bottleneck
                + 9 * c * c * (128**2 + 64**2 + 32**2)  # FPN 3x3 convolutions
                + 9 * 4 * c * c * 128**2 + c * k * 128**2  # fusion, classifier
-               + 9 * d * c * 32**2 + c * k * 32**2)  # auxiliary head
+               + 9 * d * a * 32**2 + a * k * 32**2)  # auxiliary head
     imagenet, val = 1_281_167, 50_000
     steps = 100 * (imagenet // 1024)  # fine-tuning: 100 epochs of whole batches of 1024
     # FLOPs: 2 a multiply-accumulate, 3x the forward for forward + backward

@@ -77,3 +77,14 @@ def test_a_batch_is_resized_as_its_images_are_one_by_one():
 def test_a_spec_with_an_unknown_interpolation_is_refused():
     with pytest.raises(ValueError, match="interpolation must be one of"):
         TargetSpec(kind="features", dim=8, grid=(4, 4), input_size=32, interpolation="area")
+
+
+def test_pillow_posterizes_to_zero_bits_as_timms_randaugment_needs():
+    """Fine-tuning's RandAugment (rand-m9-mstd0.5-inc1) posterizes to 0 bits when its magnitude
+    reaches 10: a black image in TF's and timm's recipe. Pillow 13 refuses it (pyproject pins
+    pillow<13)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8))
+    assert np.asarray(ImageOps.posterize(image, 0)).max() == 0
