@@ -128,14 +128,13 @@ class LabelledViews(torch.utils.data.Dataset):
         return self.view(image), label
 
 
-def labelled_batches(dataset, size: int, batch_size: int = 256, order=None, drop_last=False,
-                     crop_pct: float = 1.0, view=None, workers: int = 0, pin_memory: bool = False,
-                     seed: int = 0):
-    """(images [B, 3, S, S], labels [B]) over a dataset, in order or in `order`, as centre views
-    (eval_batch) or `view`'s; with drop_last, only full batches. Views are made in `workers`
-    DataLoader processes (none: in this one), whose random augmentations are seeded by `seed`
-    (the global RNG is left alone)."""
-    views = LabelledViews(dataset, view or CentreView(size, crop_pct))
+def labelled_batches(dataset, batch_size: int, view, order=None, drop_last=False,
+                     workers: int = 0, pin_memory: bool = False, seed: int = 0):
+    """(views [B, ...], labels [B]) over a dataset, in order or in `order`, each image made
+    into its input by `view` (CentreView, FinetuneAugmentation, ...); with drop_last, only full
+    batches. Views are made in `workers` DataLoader processes (none: in this one), whose random
+    augmentations are seeded by `seed` (the global RNG is left alone)."""
+    views = LabelledViews(dataset, view)
     order = list(range(len(dataset))) if order is None else [int(i) for i in order]
     return torch.utils.data.DataLoader(views, batch_size=batch_size, sampler=order,
                                        drop_last=drop_last, num_workers=workers,

@@ -16,18 +16,22 @@ from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.data.views import resize_all, teacher_input, uint8_tensor
 from mimbench.errors import ConfigError, DataError
 from mimbench.evals.backbone import block_tokens, pooled_features
-from mimbench.evals.data import class_card, eval_batch, eval_splits, fingerprint, student_batch
+from mimbench.evals.data import (CentreView, class_card, eval_splits, fingerprint, labelled_batches,
+                                 student_batch)
 from mimbench.targets.frozen import block_index
 
-Embed = Callable[[list], torch.Tensor]  # a batch of images (uint8 arrays) -> [B, D] features
+View = Callable[[object], torch.Tensor]  # one image (PIL or uint8 array) -> its input [3, S, S]
+Embed = Callable[[torch.Tensor], torch.Tensor]  # a batch of views [B, 3, S, S] -> [B, D] features
 PatchMap = Callable[[list], torch.Tensor]  # a batch of images -> [B, D, h, w] per-patch features
 BATCH = 256
 
 
 @dataclass(frozen=True)
 class FrozenModel:
-    """What a frozen-feature probe evaluates: images -> one vector each."""
+    """What a frozen-feature probe evaluates: images -> one vector each, as view (made in the
+    evaluation's DataLoader workers) then embed (on the run's device)."""
 
+    view: View
     embed: Embed
     key: str  # the model and how it embeds: names its cached features
     source: str  # for the card
@@ -36,17 +40,16 @@ class FrozenModel:
 
 
 def student_features(encoder, config, source: str) -> FrozenModel:
-    """The student's view of an image (config.student.img_size, normalised) -> the probe's
-    block (config.linear.block), its patch tokens average-pooled or its cls token."""
+    """The student's view of an image (centre view at config.student.img_size, normalised) ->
+    the probe's block (config.linear.block), its patch tokens average-pooled or its cls token."""
     probe = config.linear
     block = block_index(probe.block, len(encoder.blocks), "the student")
     size = config.student.img_size
     device = resolve_device(config.run.device)
     encoder.eval().to(device)
 
-    def embed(images):  # on the run's device, under the preset's autocast
+    def embed(views):  # on the run's device, under the preset's autocast
         with autocast(device, config.optim.amp):
-            views = eval_batch(images, size, config.eval_data.crop_pct)
             pooled = pooled_features(encoder, to_device(views, device), block, probe.pooling)
         return pooled.float().cpu()
 
@@ -56,13 +59,25 @@ def student_features(encoder, config, source: str) -> FrozenModel:
         h, w = encoder.patch_embed.grid_size
         return tokens.float().cpu().transpose(1, 2).reshape(len(images), -1, h, w)  # [B, D, h, w]
 
-    return FrozenModel(embed, f"{source}|{block}|{probe.pooling}|{size}", source,
+    return FrozenModel(CentreView(size, config.eval_data.crop_pct), embed,
+                       f"{source}|{block}|{probe.pooling}|{size}|{config.eval_data.crop_pct}", source,
                        f"{probe.pooling}-pooled block {block}", patch_map)
 
 
+class TeacherView:
+    """A target's own view of an image, as pre-training gives it: resized to its input size,
+    in [0, 1] ([3, T, T])."""
+
+    def __init__(self, size: int, interpolation: str):
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image) -> torch.Tensor:
+        return teacher_input(resize_all([uint8_tensor(image)], self.size, self.interpolation))[0]
+
+
 def target_features(config, source: str) -> FrozenModel:
-    """A feature target's own view of an image (resized to its input size, as pre-training
-    gives it) -> its per-patch features averaged: the teacher as a reference row."""
+    """A feature target's own view of an image -> its per-patch features averaged: the teacher
+    as a reference row."""
     from mimbench.engine import build_target_for
 
     provider = build_target_for(config)
@@ -73,43 +88,46 @@ def target_features(config, source: str) -> FrozenModel:
     if spec.kind != "features":
         raise ConfigError(f"target '{config.target.name}' gives token ids, which have no features "
                           f"to probe; evaluate a feature target's own features.")
+    view = TeacherView(spec.input_size, spec.interpolation)
+
+    def tokens(views):  # [B, 3, T, T] -> [B, N, D]
+        with autocast(device, config.run.teacher_amp):  # as in pre-training
+            return provider(to_device(views, device)).float().cpu()
 
     def patch_map(images):
-        views = resize_all([uint8_tensor(im) for im in images], spec.input_size, spec.interpolation)
-        with autocast(device, config.run.teacher_amp):  # as in pre-training
-            tokens = provider(teacher_input(to_device(views, device))).float().cpu()  # [B, N, D]
-        return tokens.transpose(1, 2).reshape(len(images), -1, *spec.grid)  # [B, D, h, w]
+        return tokens(torch.stack([view(im) for im in images])).transpose(1, 2).reshape(
+            len(images), -1, *spec.grid)  # [B, D, h, w]
 
-    def embed(images):
-        return patch_map(images).mean((2, 3))  # [B, D]
+    def embed(views):
+        return tokens(views).mean(1)  # [B, D]
 
     options = json.dumps(cfg.to_dict(config)["target"], sort_keys=True)
-    return FrozenModel(embed, f"{source}|{options}", source,
+    return FrozenModel(view, embed, f"{source}|{options}", source,
                        f"the target's {spec.grid[0]}x{spec.grid[1]} features average-pooled, "
                        f"from {spec.input_size}-px views", patch_map)
 
 
 @torch.no_grad()
-def extract(embed: Embed, dataset, progress=None, task="features"):
-    """Features [M, D] and labels [M] of a whole dataset."""
+def extract(model: FrozenModel, dataset, workers: int = 0, progress=None, task="features"):
+    """Features [M, D] and labels [M] of a whole dataset, its views made in `workers` processes."""
     features, labels = [], []
-    batches = range(0, len(dataset), BATCH)
-    for i, start in enumerate(batches):
-        items = [dataset[j] for j in range(start, min(start + BATCH, len(dataset)))]
-        features.append(embed([image for image, _ in items]).float())
-        labels.append(torch.tensor([label for _, label in items]))
+    batches = labelled_batches(dataset, BATCH, view=model.view, workers=workers,
+                               pin_memory=torch.cuda.is_available())
+    for i, (views, y) in enumerate(batches):
+        features.append(model.embed(views).float())
+        labels.append(y)
         if progress:
             progress(task, i + 1, len(batches), {})
     return torch.cat(features), torch.cat(labels)
 
 
-def cached_features(embed: Embed, dataset, cache: Path | None, key: str, **kw):
+def cached_features(model: FrozenModel, dataset, cache: Path | None, key: str, **kw):
     """`extract`, stored under `cache` (a run's features/ folder) by a key of everything it depends on."""
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         return saved["features"], saved["labels"]
-    features, labels = extract(embed, dataset, **kw)
+    features, labels = extract(model, dataset, **kw)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -128,7 +146,8 @@ def frozen_splits(model: FrozenModel, config, cache: Path | None, progress=None,
             raise DataError(f"the {split} data of the {task} has no labels; use a labelled "
                             f"dataset (class sub-folders) for eval_data.")
         fp = fingerprint(dataset, config.eval_data.name, getattr(config.eval_data, split))
-        x, y = cached_features(model.embed, dataset, cache, f"{model.key}|{fp}", progress=progress,
+        x, y = cached_features(model, dataset, cache, f"{model.key}|{fp}",
+                               workers=config.eval_data.num_workers, progress=progress,
                                task=f"features {split}")
         splits[split] = (x, y, fp, len(dataset))
         splits["classes"] = class_card(dataset)  # the same for both splits (eval_splits)

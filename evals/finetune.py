@@ -70,7 +70,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
 
     def epoch_batches(epoch):
         order = torch.randperm(len(train_set), generator=g)
-        return labelled_batches(train_set, size, cfg.batch_size, order, drop_last=True, view=view,
+        return labelled_batches(train_set, cfg.batch_size, view, order, drop_last=True,
                                 workers=workers, pin_memory=device.type == "cuda",
                                 seed=seed * 1_000 + epoch)
 
@@ -82,7 +82,7 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
         return F.cross_entropy(m(x), y, label_smoothing=cfg.label_smoothing)
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, steps, cfg.lr, warmup,
-                   "cosine", progress=progress, task=task, amp=amp)
+                   "cosine", progress=progress, task=task, amp=amp, device_batch=cfg.device_batch)
     return model, losses
 
 
@@ -91,7 +91,7 @@ def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: flo
     correct = 0
     device = next(model.parameters()).device
     with torch.no_grad(), autocast(device, amp):
-        for x, y in labelled_batches(dataset, size, crop_pct=crop_pct, workers=workers,
+        for x, y in labelled_batches(dataset, 256, CentreView(size, crop_pct), workers=workers,
                                      pin_memory=device.type == "cuda"):
             correct += (model(to_device(x, device)).argmax(1).cpu() == y).sum().item()
     return correct / len(dataset) * 100

@@ -239,7 +239,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
 
     losses = train(model, groups, endless(epoch_batches), loss_fn, cfg.steps, cfg.lr,
                    cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation",
-                   amp=config.optim.amp)
+                   amp=config.optim.amp, device_batch=cfg.device_batch)
     preds, labels = [], []
     window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
     for start in range(0, len(val_set), window):

@@ -57,9 +57,14 @@ def param_groups(encoder: nn.Module, head: nn.Module, weight_decay: float, layer
 
 def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Callable, steps: int,
           lr: float, warmup: int, schedule: str = "cosine", power: float = 1.0,
-          progress=None, task: str = "training", amp: str = "none") -> list[float]:
+          progress=None, task: str = "training", amp: str = "none",
+          device_batch: int | None = None) -> list[float]:
     """Run `steps` AdamW steps of loss_fn(model, batch), under bf16 autocast when `amp` is
-    "bf16" (the paper preset's optim.amp); returns the loss per step."""
+    "bf16" (the paper preset's optim.amp); returns the loss per step. A batch larger than
+    `device_batch` goes through the model in chunks of at most that many, their gradients
+    accumulated with weights chunk / batch: the step of the whole batch (a mean loss), in the
+    memory of a chunk (batch-wise statistics, BatchNorm and mixup, are then per chunk, as per
+    GPU in the references' distributed runs)."""
     optimizer = adamw(groups, lr=lr)
     device = next(model.parameters()).device  # batches come as CPU tensors and go where the model is
     model.train()
@@ -68,13 +73,18 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
         rate = lr_at(step, steps, warmup, lr, decay=schedule, power=power)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
-        batch = [to_device(t, device) for t in next(batches)]
-        with autocast(device, amp):
-            loss = loss_fn(model, batch)
+        batch = next(batches)
+        size = len(batch[0])
+        loss_sum = 0.0
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for start in range(0, size, device_batch or size):
+            chunk = [to_device(t[start:start + (device_batch or size)], device) for t in batch]
+            with autocast(device, amp):
+                loss = loss_fn(model, chunk) * (len(chunk[0]) / size)
+            loss.backward()
+            loss_sum += loss.item()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss_sum)
         if progress:
             progress(task, step + 1, steps, {"loss": losses[-1]})
     model.eval()

@@ -179,6 +179,7 @@ class FinetuneConfig:
     warmup_epochs: float | None = None
     drop_path: float = 0.1
     label_smoothing: float = 0.1
+    device_batch: int | None = None  # the most images per forward on the device (None: the batch)
     mixup: float = 0.0  # timm Mixup alpha; 0 turns it off
     cutmix: float = 0.0
     # BEiT's/MAE's training views (evals.data.FinetuneAugmentation: random resized crop, flip,
@@ -198,6 +199,7 @@ class SegmentationConfig:
     warmup_steps: int = 30
     poly_power: float = 1.0
     drop_path: float = 0.1
+    device_batch: int | None = None  # the most crops per forward on the device (None: the batch)
     channels: int = 32  # UperNet width (768 at paper scale); the head dominates a tiny step
     aux_channels: int | None = None  # the auxiliary FCN head's width; None: `channels` (mmseg: 256)
     aux_weight: float = 0.4
@@ -275,10 +277,10 @@ PRESETS: dict[str, dict] = {
         "finetune": {"steps": None, "epochs": 100, "batch_size": 1024, "lr": 4e-3,
                      "layer_decay": 0.65, "weight_decay": 0.05, "warmup_steps": None,
                      "warmup_epochs": 20, "drop_path": 0.1, "label_smoothing": 0.1,
-                     "mixup": 0.8, "cutmix": 1.0, "augment": True},
+                     "mixup": 0.8, "cutmix": 1.0, "augment": True, "device_batch": 256},
         "segmentation": {"steps": 160_000, "batch_size": 16, "lr": 1e-3, "layer_decay": 0.65,
                          "weight_decay": 0.05, "warmup_steps": 1500, "poly_power": 1.0,
-                         "drop_path": 0.1, "channels": 768, "aux_channels": 256,
+                         "drop_path": 0.1, "channels": 768, "aux_channels": 256, "device_batch": 8,
                          "aux_weight": 0.4,
                          "pool_scales": (1, 2, 3, 6), "augment": True, "scale": (2048, 512),
                          "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75, "crop": 512, "stride": 341,

@@ -32,6 +32,16 @@ def torchrun(out, steps, nproc=2):
     return command, {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def kill_torchrun(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers at once, as a lost node. torchrun starts each worker in
+    a session of its own, so killing torchrun's process group alone leaves them training."""
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     single_process_run(single, STEPS)
@@ -57,8 +67,7 @@ def test_two_process_run_killed_then_resumed_in_one_process(tmp_path):
     deadline = time.time() + 240
     while last_logged_step(killed) < 5 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
-    proc.wait()
+    kill_torchrun(proc)
     stopped_at = last_logged_step(killed)
     assert 5 <= stopped_at < steps, "the run was not killed mid-training"
 
@@ -111,3 +120,36 @@ def test_paper_preset_under_torchrun_equals_one_process_at_the_same_effective_ba
     assert sorted(double) == [1, 2, 3, 4]
     for step in range(1, 5):
         assert double[step] == pytest.approx(single[step], rel=1e-4), step
+
+
+def rank_of(pid: str) -> int:
+    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"RANK=")).split(b"=")[1])
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    """A stop request seen by rank 1 alone (as a scheduler preempting one task) is agreed by
+    all ranks: both stop after the same step, rank 0 checkpoints it, and the resumed run's
+    losses equal an uninterrupted run's."""
+    steps = 30
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    single_process_run(reference, steps)
+    command, env = torchrun(stopped, steps)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while last_logged_step(stopped) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(next(pid for pid in workers if rank_of(pid) == 1)), signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "continue with mimbench pretrain --resume" in stderr
+    stopped_at = last_logged_step(stopped)
+    assert 5 <= stopped_at < steps, "the run was not stopped mid-training"
+
+    resumed = run_cli("pretrain", "--resume", stopped)
+    assert resumed.returncode == 0, resumed.stderr
+    after, uninterrupted = losses(stopped), losses(reference)
+    assert sorted(after) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert after[step] == pytest.approx(uninterrupted[step], rel=1e-4), step

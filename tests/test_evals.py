@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -216,6 +217,26 @@ def test_fine_tuning_follows_the_presets_autocast(amp, dtype):
     encoder = build_encoder(config.student)
     qkv_out = []
     encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, out: qkv_out.append(out.dtype))
-    images = [np.zeros((32, 32, 3), np.uint8)] * 2
-    features = student_features(encoder, config, "test").embed(images)
+    model = student_features(encoder, config, "test")
+    features = model.embed(torch.stack([model.view(np.zeros((32, 32, 3), np.uint8))] * 2))
     assert set(qkv_out) == {dtype} and features.dtype == torch.float32
+
+
+def test_fine_tuning_in_chunks_of_the_device_batch_takes_the_whole_batchs_steps():
+    """finetune.device_batch: a batch of 8 as two forwards of 4 (accumulated) gives the losses
+    of one forward of 8 (no drop path or mixup, whose draws are per forward)."""
+    from mimbench.data import build_dataset
+    from mimbench.evals.finetune import train_classifier
+    from mimbench.student import build_encoder
+
+    config = cfg.resolve("smoke", target="pixels")
+    train_set = build_dataset("world", split="train", image_size=32, length=64)
+    runs = {}
+    for limit in (None, 4):
+        recipe = dataclasses.replace(config.finetune, batch_size=8, drop_path=0.0, steps=4,
+                                     device_batch=limit)
+        torch.manual_seed(0)
+        encoder = build_encoder(config.student)
+        _, runs[limit] = train_classifier(encoder, train_set, recipe, 32, 4, 1, seed=0)
+    assert runs[4] == pytest.approx(runs[None], rel=1e-5)
+    assert len(set(runs[None])) == 4  # the weights move: the steps differ

@@ -4,7 +4,6 @@ written with 2 gloo processes on CPU (slow: run by CI)."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import yaml
 from PIL import Image
 
 from tests.test_ade20k import make_ade
+from tests.test_distributed import kill_torchrun
 from tests.test_resume import last_logged_step
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
@@ -87,13 +87,13 @@ def test_documented_torchrun_commands_pretrain_resume_and_evaluate(tmp_path):
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.fail(f"the first command ended before its first checkpoint: {proc.stderr.read()[-3000:]}")
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
-    proc.wait()
+    kill_torchrun(proc)
     assert 2 <= last_logged_step(out) < 4, "the run was not killed mid-training"
 
     resumed = subprocess.run(as_here(resume, tmp_path), env=env, capture_output=True, text=True,
                              timeout=2400)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    errors = [line for line in resumed.stderr.splitlines() if "error:" in line]
+    assert resumed.returncode == 0, (errors, resumed.stderr[-3000:])
     assert "effective batch 2 = 1 per process x 2 process(es) x 1 accumulation" in resumed.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["pretrain"]["steps"] == 4 and results["pretrain"]["world_size"] == 2
