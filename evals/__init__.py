@@ -21,10 +21,12 @@ FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen
 TARGET = "target:"  # a source naming a target: its own network is evaluated (evals.tower)
 
 
-def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None) -> dict:
+def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None,
+              partial: bool = False) -> dict:
     """Run evaluations `names` on `source` (run dir, checkpoint, timm:<name>, or target:<name>
     for a feature target's own network: frozen in the probes, trained by the others); merge
-    their results into out/results.json and return that file's content."""
+    their results into out/results.json and return that file's content. A run that stopped
+    before its last step is refused unless `partial`; then each result says where it stopped."""
     from mimbench.engine import RunDir
 
     unknown = [n for n in names if n not in RESULT_NAMES]
@@ -34,23 +36,24 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     run = RunDir(out)
     with run_lock.released_after(run.path):
         run_lock.hold(run.path)  # before any work: a second writer is refused, not raced
-        return _run(names, config, source, run, progress, preset, is_target)
+        return _run(names, config, source, run, progress, preset, is_target, partial)
 
 
-def _run(names, config, source: str, run, progress, preset, is_target: bool) -> dict:
+def _run(names, config, source: str, run, progress, preset, is_target: bool, partial: bool) -> dict:
     from mimbench.trackers import Trackers
 
     out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
     trackers = Trackers(out, config, "evaluate")
     try:
-        _evaluate(names, config, source, run, progress, preset, is_target, results, trackers)
+        _evaluate(names, config, source, run, progress, preset, is_target, results, trackers, partial)
     finally:
         trackers.close()
     return results
 
 
-def _evaluate(names, config, source, run, progress, preset, is_target, results, trackers) -> None:
+def _evaluate(names, config, source, run, progress, preset, is_target, results, trackers,
+              partial: bool) -> None:
     from mimbench.evals.backbone import load_backbone
     from mimbench.evals.features import student_features, target_features
     from mimbench.evals.finetune import finetune
@@ -63,9 +66,13 @@ def _evaluate(names, config, source, run, progress, preset, is_target, results, 
     out = run.path
     step = results.get("pretrain", {}).get("steps", 0)  # evaluations sit at the run's last step
     frozen = target_features(config, source) if is_target and set(names) & set(FROZEN_EVALS) else None
+    stopped = None
     for name in names:
         if name not in FROZEN_EVALS or not is_target:  # fresh: fine-tuning changes it
-            encoder, description = target_tower(config) if is_target else load_backbone(source, config)
+            if is_target:
+                encoder, description = target_tower(config)
+            else:
+                encoder, description, stopped = load_backbone(source, config, partial)
         if name in FROZEN_EVALS:
             model = frozen if is_target else student_features(encoder, config, description)
             if name == "seg_linear":
@@ -77,6 +84,8 @@ def _evaluate(names, config, source, run, progress, preset, is_target, results, 
             result = finetune(encoder, config, description, progress, preset)
         else:
             result = segmentation(encoder, config, description, progress, preset)
+        if stopped:
+            result["partial"] = stopped  # printed beside every number of this result
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result
         run.write_results(results)  # each finished evaluation is kept even if a later one fails
         trackers.evaluation(RESULT_NAMES[name], result, step)

@@ -11,12 +11,21 @@ import torch
 from torch import nn
 
 from mimbench import checkpoint, config as cfg
-from mimbench.errors import ConfigError
+from mimbench.errors import ConfigError, MimbenchError
 from mimbench.student import build_encoder, trained_encoder
 
 
-def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
-    """The timm encoder named by `source`, and a description for the protocol card.
+def unfinished(state: dict) -> str | None:
+    """'step 3 of 6' for a checkpoint saved before its run's last pre-training step, else None."""
+    total = state.get("plan", {}).get("total_steps")
+    return f"step {state['step']} of {total}" if total and state["step"] < total else None
+
+
+def load_backbone(source: str, config: cfg.Config,
+                  partial: bool = False) -> tuple[nn.Module, str, str | None]:
+    """The timm encoder named by `source`, a description for the protocol card, and where an
+    unfinished run stopped ('step 3 of 6'; None for a finished run or another source). An
+    unfinished run is refused unless `partial`.
 
     source: a run directory or checkpoint file (the student's encoder, MIM head dropped), an
     exported folder (timm local-dir);
@@ -27,14 +36,20 @@ def load_backbone(source: str, config: cfg.Config) -> tuple[nn.Module, str]:
         name = source[len("timm:"):]
         student = config.student if name == "random" else dataclasses.replace(config.student, model=name)
         torch.manual_seed(config.run.seed)
-        return build_encoder(student), f"random init {student.model}"
+        return build_encoder(student), f"random init {student.model}", None
     path = Path(source)
     if (path / "config.json").exists():  # an exported folder
-        return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}"
+        return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}", None
     if not path.exists():
         raise ConfigError(f"'{source}' is neither a run directory, a checkpoint nor timm:<name>.")
     encoder, state = trained_encoder(path)
-    return encoder, f"{source} (step {state['step']})"
+    stopped = unfinished(state)
+    if stopped and not partial:
+        raise MimbenchError(f"'{source}' stopped at {stopped}: its pre-training is unfinished. "
+                            f"Finish it with mimbench run --resume {source}, or evaluate it as it "
+                            f"is with --partial (its results then say so).")
+    at = f"PARTIAL: {stopped}" if stopped else f"step {state['step']}"
+    return encoder, f"{source} ({at})", stopped
 
 
 def saved_config(source: str) -> dict | None:

@@ -202,6 +202,8 @@ def print_results(run, results: dict) -> None:
             if isinstance(value, float):
                 chance = ev.get("card", {}).get("chance")
                 note = f" (chance {chance:.1f})" if chance else ""
+                if ev.get("partial"):
+                    note += f" PARTIAL: {ev['partial']}"
                 table.add_row(f"{name}.{key}", f"{value:.2f}{note}")
     Console().print(table)
 
@@ -243,7 +245,9 @@ def run(target, preset, config_file, overrides, out, resume, overwrite):
 @click.option("--out", type=click.Path(file_okay=False),
               help="Where results.json goes (default: RUN/evals/<evaluation>-<config hash> for a "
                    "run directory, so the run's own results.json is never replaced).")
-def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
+@click.option("--partial", is_flag=True,
+              help="Evaluate a run that stopped before its last pre-training step (its results say so).")
+def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial):
     """Evaluate a checkpoint or a timm model with one protocol; writes results.json.
 
     A run directory or checkpoint is evaluated with the config it was trained with (student,
@@ -270,7 +274,7 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out):
     out = Path(out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     with reporter() as report:
         results = run_evals([evaluation], config, checkpoint_path or model, out, report,
-                            config.run.preset)
+                            config.run.preset, partial=partial)
     print_results(RunDir(out), results)
 
 

@@ -110,3 +110,16 @@ def test_unrealisable_masks_and_batches_are_refused_before_training(tmp_path):
         split_batch(8, 3, 8)
     assert split_batch(2048, 8, 256) == (256, 1) and split_batch(2048, 1, 256) == (256, 8)
     assert split_batch(24, 1, 10) == (8, 3)  # the fewest forwards within the limit that divide
+
+
+def test_an_unfinished_run_is_evaluated_only_when_asked_and_then_says_so(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("pretrain", *SMOKE, "--out", run).returncode == 0
+    checkpoint = run / "checkpoint.prev.pt"  # step 3 of 6, as a run stopped half-way leaves it
+    refused = run_cli("eval", "linear", "--checkpoint", checkpoint, "--out", tmp_path / "e1")
+    assert "stopped at step 3 of 6: its pre-training is unfinished" in one_sentence(refused)
+    asked = run_cli("eval", "linear", "--checkpoint", checkpoint, "--partial", "--out", tmp_path / "e2")
+    assert asked.returncode == 0, asked.stderr
+    assert "PARTIAL: step 3 of 6" in asked.stdout  # in the table, not only the card
+    saved = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert saved["evals"]["linear_probe"]["partial"] == "step 3 of 6"

@@ -22,7 +22,7 @@ def tiny():
 @pytest.mark.parametrize("name", ["linear", "knn", "seg_linear", "finetune", "segmentation"])
 def test_tiny_evaluation(benchmark, tiny, tmp_path, name):
     def evaluate():
-        encoder, source = load_backbone("timm:random", tiny)
+        encoder, source, _ = load_backbone("timm:random", tiny)
         if name in ("linear", "knn"):
             probe = linear_probe if name == "linear" else knn_probe
             return probe(student_features(encoder, tiny, source), tiny, tmp_path / "features")
