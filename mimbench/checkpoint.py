@@ -102,7 +102,7 @@ def load_latest(folder: Path) -> dict | None:
     if previous.exists():
         state = load(previous)
         log.warning("%s; using the previous checkpoint (step %d) instead.",
-                    problem or f"'{latest}' is missing", state["step"])
+                    (problem or f"'{latest}' is missing").rstrip("."), state["step"])
         return state
     if problem:
         raise MimbenchError(f"{problem[:-1]}, and the run has no previous checkpoint to fall back on.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -23,6 +24,7 @@ from mimbench.allocator import keep_freed_memory
 from mimbench.errors import MimbenchError
 
 console = Console(stderr=True)
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class Group(click.Group):
@@ -35,6 +37,13 @@ class Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except OSError as e:  # a folder that cannot be written: one sentence, not a traceback
+            if ctx.obj and ctx.obj.get("debug") or e.errno not in UNWRITABLE:
+                raise
+            console.print(f"[bold red]error:[/] cannot write '{e.filename}' ({e.strerror}); choose "
+                          f"a writable --out, or set MIMBENCH_HOME to a writable folder for the "
+                          f"teacher cache.", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 

@@ -50,6 +50,10 @@ def build_target_for(config: Config, progress: ProgressFn | None = None):
     options = {k: v for k, v in context.items() if k in params}
     options |= teachers.resolve_references(config.target.options, progress)
     provider = factory(**options)
+    if isinstance(provider, torch.nn.Module) and any(p.requires_grad for p in provider.parameters()):
+        raise TargetContractError(f"target '{config.target.name}' ({TARGETS.get(config.target.name).source}) "
+                                  f"has parameters that require grad; a teacher must be frozen "
+                                  f"(requires_grad_(False)), as mimbench.check_target_provider says.")
     check_grid(provider.spec, config.student.grid, config.target.name)
     if tuple(provider.spec.grid) != config.student.grid:
         g, s = provider.spec.grid, config.student.grid

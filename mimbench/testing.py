@@ -61,6 +61,8 @@ def output_problem(out, spec: TargetSpec, batch: int) -> str | None:
     n = spec.grid[0] * spec.grid[1]
     if not isinstance(out, torch.Tensor):
         return f"it returned {type(out).__name__}, not a tensor"
+    if out.requires_grad:
+        return "its output carries an autograd graph; run the network under torch.inference_mode()"
     if spec.kind == "features":
         if tuple(out.shape) != (batch, n, spec.dim):
             return f"features must have shape [B, N, dim] = {[batch, n, spec.dim]}, not {list(out.shape)}"

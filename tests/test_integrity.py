@@ -123,3 +123,12 @@ def test_an_unfinished_run_is_evaluated_only_when_asked_and_then_says_so(tmp_pat
     assert "PARTIAL: step 3 of 6" in asked.stdout  # in the table, not only the card
     saved = json.loads((tmp_path / "e2" / "results.json").read_text())
     assert saved["evals"]["linear_probe"]["partial"] == "step 3 of 6"
+
+
+def test_an_unwritable_folder_gets_one_sentence(tmp_path):
+    """/sys refuses new folders even to root (a read-only file system in containers)."""
+    result = run_cli("pretrain", *SMOKE, "--out", "/sys/mimbench-run")
+    assert "cannot write '/sys/mimbench-run'" in one_sentence(result)
+    home = run_cli("run", "--preset", "smoke", "--target", "clip", "--out", tmp_path / "r",
+                   env={"MIMBENCH_HOME": "/sys/mimbench-home"})
+    assert "cannot write '/sys/mimbench-home" in one_sentence(home)

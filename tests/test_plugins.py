@@ -201,6 +201,21 @@ class NaN(Broken):
 class Raises(Broken):
     def broken(self, out):
         raise KeyError("no such layer")
+
+
+class Trainable(torch.nn.Module):
+    """A teacher left trainable, whose output carries an autograd graph outside inference mode."""
+
+    def __init__(self, img_size: int = 32, patch_size: int = 8):
+        super().__init__()
+        self.side = img_size // patch_size
+        self.spec = TargetSpec(kind="features", dim=4, grid=(self.side, self.side), input_size=img_size)
+        self.proj = torch.nn.Linear(3 * patch_size * patch_size, 4)
+        self.patch = patch_size
+
+    def forward(self, view):
+        patches = torch.nn.functional.unfold(view, self.patch, stride=self.patch).transpose(1, 2)
+        return self.proj(patches)
 '''
 
 
@@ -214,7 +229,8 @@ def broken_plugin(tmp_path_factory):
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "mimbench-broken"\nversion = "0.1"\n'
         '[project.entry-points."mimbench.targets"]\nwrong-shape = "mimbench_broken:WrongShape"\n'
-        'nan = "mimbench_broken:NaN"\nraises = "mimbench_broken:Raises"\n')
+        'nan = "mimbench_broken:NaN"\nraises = "mimbench_broken:Raises"\n'
+        'trainable = "mimbench_broken:Trainable"\n')
     return pip_install(source, tmp_path_factory)
 
 
@@ -222,6 +238,7 @@ def broken_plugin(tmp_path_factory):
     ("wrong-shape", "features must have shape [B, N, dim] = [8, 16, 4], not [8, 15, 4]"),
     ("nan", "its features hold NaN or inf"),
     ("raises", "failed on a batch of views: KeyError: 'no such layer'"),
+    ("trainable", "has parameters that require grad; a teacher must be frozen"),
 ])
 def test_a_broken_plugin_is_named_not_blamed_on_training(broken_plugin, tmp_path, name, rule):
     result = run_cli("run", "--target", name, "--preset", "smoke", "--out", tmp_path / "run",
