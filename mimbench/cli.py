@@ -80,19 +80,23 @@ def config_options(f):
 
 
 def _pretrain(target, preset, config_file, overrides, out, resume, overwrite=False):
-    from mimbench.engine import open_run, pretrain
-
     if resume:
         if target or config_file or overrides or out or overwrite:
             raise MimbenchError("--resume continues a run with its saved config; drop --target, "
                                 "--config, --set, --out and --overwrite.")
+        from mimbench.engine import open_run
+
         run = open_run(resume, resume=True)
         config = cfg.from_dict(cfg.load_yaml(run.config))
     else:
         config = cfg.resolve(preset, config_file, target, tuple(overrides))
+        from mimbench.engine import open_run
+
         run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                        resume=False, config=config, overwrite=overwrite)
     say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
+    from mimbench.engine import pretrain  # torch and the models: once the config holds
+
     with reporter() as report:
         results = pretrain(config, run, report, say)
     return run, config, results
@@ -261,12 +265,12 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
 
     A run directory or checkpoint is evaluated with the config it was trained with (student,
     evaluation data and protocols) unless --preset or --set say otherwise."""
+    if bool(checkpoint_path) == bool(model):
+        raise MimbenchError("give exactly one of --checkpoint and --model.")
     from mimbench.engine import RunDir
     from mimbench.evals import TARGET, run_evals
     from mimbench.evals.backbone import saved_config, saved_student
 
-    if bool(checkpoint_path) == bool(model):
-        raise MimbenchError("give exactly one of --checkpoint and --model.")
     target = model.removeprefix(TARGET) if model and model.startswith(TARGET) else None
     saved = saved_config(checkpoint_path) if checkpoint_path else None
     if saved is not None and preset is None:
@@ -368,13 +372,17 @@ def suite_list():
 @click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
               help="Wall-time limit of each job; an interrupted run resumes from its checkpoint "
               "when the suite is run again.")
+@click.option("--preset", default=None, help="Run every run on this preset instead of the suite's "
+              "(e.g. smoke, to try a suite small first); the suite is then named NAME-PRESET.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Add section.key=value to the suite's set: for every run (repeatable).")
 def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run, cpus_per_run,
-              mem_gb, timeout_min):
+              mem_gb, timeout_min, preset, overrides):
     """Run suite NAME (a shipped name or a .yaml path): what is not finished yet, then
     report.md, results.json and PNG plots."""
     from mimbench.suites import schema
 
-    loaded = schema.load(name)
+    loaded = schema.load(name, preset, tuple(overrides))
     runs = loaded.runs()
     if dry_run:
         print_estimate(loaded, runs)

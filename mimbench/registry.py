@@ -41,6 +41,11 @@ class Registry:
 
         return decorate
 
+    def register_lazily(self, name: str, value: str, source: str = "built-in") -> None:
+        """`name` is the factory at `value` ('module:attribute'), imported on first use only,
+        so that naming or mistyping an entry costs no import of its heavy libraries."""
+        self._add(Entry(name, source, _entry_point=importlib.metadata.EntryPoint(name, value, self.group)))
+
     def _add(self, entry: Entry) -> None:
         old = self._entries.get(entry.name)
         if old is not None and old._entry_point is not None and entry._factory is not None \

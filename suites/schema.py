@@ -3,6 +3,7 @@ and expected results. Everything is checked before any run starts."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,9 +144,11 @@ def _list(data: dict, key: str, default=None) -> list:
     return value
 
 
-def load(name_or_path: str) -> Suite:
+def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...] = ()) -> Suite:
     """Read and check a suite; every run's config is resolved here, so a bad key, target or
-    value fails before anything runs."""
+    value fails before anything runs. `preset` replaces the suite's preset and `overrides`
+    (section.key=value) are added to its `set:` for every run; the suite's name then says so
+    (name-smoke, name-set<hash>), so its folder and report are its own."""
     from mimbench.evals import RESULT_NAMES
     from mimbench.targets import TARGETS
 
@@ -194,9 +197,20 @@ def load(name_or_path: str) -> Suite:
         raise ConfigError(f"suite 'compare' must name two of its targets, or list such pairs "
                           f"(e.g. [[clip, dvae], [clip, random]]), not {compare!r}.")
     expect = tuple(_expectation(e, targets) for e in data.get("expect") or [])
-    suite = Suite(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
-                  preset=str(data.get("preset", "tiny")), targets=tuple(targets), seeds=tuple(seeds),
-                  grid=grid, set=dict(data.get("set") or {}),
+    name, settings = str(data.get("name", path.stem)), dict(data.get("set") or {})
+    if preset is not None and preset != data.get("preset", "tiny"):
+        name = f"{name}-{preset}"
+        expect = ()  # a suite's expectations are its own preset's published figures
+    if overrides:
+        for text in overrides:
+            keys, value = cfg.split_override(text)
+            if len(keys) != 2:
+                raise ConfigError(f"suite override '{text}' must look like section.key=value.")
+            settings[".".join(keys)] = value
+        name = f"{name}-set{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:6]}"
+    suite = Suite(name=name, description=str(data.get("description", "")),
+                  preset=preset or str(data.get("preset", "tiny")), targets=tuple(targets),
+                  seeds=tuple(seeds), grid=grid, set=settings,
                   evals=tuple(evals), compare=tuple(tuple(p) for p in pairs), expect=expect,
                   source=path, teacher=str(data.get("teacher", "clip")),
                   teacher_set=dict(data.get("teacher_set") or {}))

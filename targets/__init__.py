@@ -31,7 +31,12 @@ def build_target(name: str, **options) -> TargetProvider:
     return TARGETS.get(name).factory(**options)
 
 
-# Built-ins: each module is light to import; heavy libraries load when a target is built.
-from mimbench.targets import clip, dvae, pixels, timm_features, vqkd  # noqa: E402,F401
+# Built-ins, imported when first used (their modules import torch): a typo costs no import.
+BUILT_INS = {"clip": "mimbench.targets.clip:clip_target", "dvae": "mimbench.targets.dvae:DVAETarget",
+             "pixels": "mimbench.targets.pixels:PixelTarget",
+             "timm": "mimbench.targets.timm_features:timm_target",
+             "vqkd": "mimbench.targets.vqkd:VQKDTarget"}
+for _name, _value in BUILT_INS.items():
+    TARGETS.register_lazily(_name, _value)
 
 __all__ = ["TARGETS", "TargetProvider", "TargetSpec", "build_target", "register_target"]

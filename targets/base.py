@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # what the core can resize with
 FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")  # regression losses; token ids take "ce" only

@@ -67,8 +67,9 @@ def test_a_config_files_target_keys_outrank_the_presets_target_defaults(tmp_path
     config = cfg.resolve("tiny", config_file=path, target="clip")
     assert config.target.options["layer"] == 3 and config.target.loss == "cosine"
     assert config.target.options["model"] == "teacher:clip"  # the defaults the file left alone
-    path.write_text("target:\n  name: timm\n  layer: 3\n")  # another target's keys do not carry over
-    assert cfg.resolve("tiny", config_file=path, target="clip").target.options["layer"] == 2
+    path.write_text("target:\n  name: timm\n  layer: 3\n")  # another target's keys: refused, not dropped
+    with pytest.raises(ConfigError, match="target section is for 'timm' \\(with layer\\)"):
+        cfg.resolve("tiny", config_file=path, target="clip")
 
 
 def resolved(tmp_path, preset="tiny", file=None, target=None, sets=()):
@@ -94,7 +95,7 @@ PAIRS = {
     "preset<set": (dict(preset="smoke", sets=("optim.steps=9",)), lambda c: c.optim.steps, 9),
     "preset target default<set": (dict(target="clip", sets=("target.layer=3",)),
                                   lambda c: c.target.options["layer"], 3),
-    "file<target": (dict(file={"target": {"name": "pixels", "normalize": False}}, target="clip"),
+    "file<target": (dict(file={"target": {"name": "pixels"}}, target="clip"),  # the name alone
                     lambda c: (c.target.name, c.target.options["layer"]), ("clip", 2)),
     "file<set": (dict(file={"optim": {"steps": 7}}, sets=("optim.steps=9",)), lambda c: c.optim.steps, 9),
     "target<set": (dict(target="clip", sets=("target.name=dvae",)),  # and dvae gets its preset defaults

@@ -398,3 +398,16 @@ def test_editing_a_suites_set_reruns_the_runs_it_changed_and_reuses_the_rest(tmp
     assert again.returncode == 0, again.stderr
     assert "pixels-s0: finished earlier, reused" in again.stderr
     assert "random-s0: finished earlier, reused" in again.stderr
+
+
+def test_a_shipped_suite_runs_at_smoke_size_under_its_own_name(tmp_path):
+    """suite run NAME --preset smoke: every run on the smoke preset, named NAME-smoke, so a
+    shipped ablation can be tried in seconds before its real size."""
+    result = run_cli("suite", "run", "ablate_target_layer", "--preset", "smoke", "--set",
+                     "run.evals=[linear]", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "suite ablate_target_layer-smoke-set" in result.stderr
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert sorted(r["point"]["target.layer"] for r in rows) == [1, 2, 3]
+    assert all(r["config_diff"]["run.preset"] == "smoke" and "linear_probe.top1" in r["metrics"]
+               for r in rows)
