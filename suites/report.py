@@ -63,8 +63,9 @@ def grid_changes(rows: list[dict], targets, pairs, metric: str, base: dict, poin
     at = {json.dumps(p, sort_keys=True): [r for r in rows if r["point"] == p] for p in (base, point)}
     here, there = at[json.dumps(point, sort_keys=True)], at[json.dumps(base, sort_keys=True)]
     label, base_label = point_label(point), point_label(base)
+    shared = {r["target"] for r in here if r.get("shared")}  # one run at both points: no change
     changes = [paired(f"{t} at {label}", f"{t} at {base_label}", by_seed(here, t, metric),
-                      by_seed(there, t, metric), metric) for t in targets]
+                      by_seed(there, t, metric), metric) for t in targets if t not in shared]
     for a, b in pairs:
         gaps = []
         for rows_at in (here, there):

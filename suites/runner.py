@@ -188,7 +188,11 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
         finally:
             pool.shutdown(cancel_futures=True)
     base = cfg.resolve(suite.preset)
-    return [row(spec, folder, _read(folder / RESULTS), base) for spec, folder in zip(runs, folders)]
+    rows = []
+    for spec, folder in zip(runs, folders):  # a shared reference run: one row at each of its points
+        one = row(spec, folder, _read(folder / RESULTS), base)
+        rows += [{**one, "point": point, "shared": len(spec.points) > 1} for point in spec.points]
+    return rows
 
 
 def _show(updates: multiprocessing.Queue, progress) -> None:

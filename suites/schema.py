@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,9 @@ class RunSpec:
     id: str
     target: str
     seed: int
-    point: dict
+    point: dict  # the grid keys this run's config takes (a reference row: those that affect it)
     config: cfg.Config
+    points: tuple = ()  # every grid point the run stands for (a reference row can stand for several)
 
     @property
     def pretrains(self) -> bool:
@@ -87,10 +90,16 @@ class Suite:
         return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[RunSpec]:
-        points = self.points()
         runs = []
         for target in self.targets:
-            for point in points:
+            # a reference row runs once per seed for all grid points that differ only in keys
+            # it does not read (a random-init row ignores mask.ratio)
+            shares: dict[str, list[dict]] = {}
+            for point in self.points():
+                own = {k: v for k, v in point.items() if affects(target, k)}
+                shares.setdefault(json.dumps(own, sort_keys=True), []).append(point)
+            for key, stands_for in shares.items():
+                point = json.loads(key)
                 for seed in self.seeds:
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
                                    SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
@@ -99,15 +108,34 @@ class Suite:
                     chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
                     config = cfg.check_options(cfg.apply(config, chosen))
                     config = cfg.with_style_masking(config, set(chosen.get("mask", {})))
-                    label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
+                    label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
-                    runs.append(RunSpec(run_id, target, seed, point, config))
+                    runs.append(RunSpec(run_id, target, seed, point, config, tuple(stands_for)))
         ids = [r.id for r in runs]
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:
             raise ConfigError(f"suite '{self.name}' names two runs '{twice[0]}'; give each grid "
                               f"point different values.")
         return runs
+
+
+# The config sections a reference row does not read: its runs are shared across grid points
+# that differ only there. random init: no pre-training at all; the teacher row: no student
+# pre-training; the supervised row: trained on labels, with no target or mask.
+IGNORED_SECTIONS = {RANDOM_INIT: {"mask", "target", "data", "optim"},
+                    TEACHER: {"mask", "data", "optim"},
+                    SUPERVISED: {"mask", "target"}}
+
+
+def affects(target: str, key: str) -> bool:
+    """Whether grid key `key` (section.name) changes a run of `target`."""
+    return key.partition(".")[0] not in IGNORED_SECTIONS.get(target, ())
+
+
+def safe_name(value) -> str:
+    """A grid value as a run-directory name's part: letters, digits, '.', '_', '+' and '-'."""
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "_"
 
 
 def nested(flat: dict) -> dict:
@@ -186,10 +214,6 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
         raise ConfigError(f"suite 'grid' must map config keys to lists of values, or list points, "
                           f"not {grid!r}.")
     evals = _list(data, "evals", list(RESULT_NAMES))
-    for name in evals:
-        if name not in RESULT_NAMES:
-            raise ConfigError(f"unknown evaluation '{name}'{did_you_mean(str(name), RESULT_NAMES)} in "
-                              f"suite '{path}'; evaluations are: {', '.join(RESULT_NAMES)}.")
     compare = data.get("compare") or []
     pairs = [compare] if compare and all(isinstance(t, str) for t in compare) else compare
     if not isinstance(pairs, list) or any(not isinstance(p, list) or len(p) != 2
@@ -204,10 +228,18 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
     if overrides:
         for text in overrides:
             keys, value = cfg.split_override(text)
-            if len(keys) != 2:
-                raise ConfigError(f"suite override '{text}' must look like section.key=value.")
-            settings[".".join(keys)] = value
+            if len(keys) != 2 or ".".join(keys) == "run.seed":
+                raise ConfigError(f"suite override '{text}' must look like section.key=value, and "
+                                  f"not set run.seed (the suite's seeds: list sets it).")
+            if ".".join(keys) == "run.evals":  # what the suite's evals: list sets
+                evals = _list({"evals": value}, "evals")
+            else:
+                settings[".".join(keys)] = value
         name = f"{name}-set{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:6]}"
+    for evaluation in evals:
+        if evaluation not in RESULT_NAMES:
+            raise ConfigError(f"unknown evaluation '{evaluation}'{did_you_mean(str(evaluation), RESULT_NAMES)} "
+                              f"in suite '{path}'; evaluations are: {', '.join(RESULT_NAMES)}.")
     suite = Suite(name=name, description=str(data.get("description", "")),
                   preset=preset or str(data.get("preset", "tiny")), targets=tuple(targets),
                   seeds=tuple(seeds), grid=grid, set=settings,

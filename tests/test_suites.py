@@ -409,5 +409,29 @@ def test_a_shipped_suite_runs_at_smoke_size_under_its_own_name(tmp_path):
     assert "suite ablate_target_layer-smoke-set" in result.stderr
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     assert sorted(r["point"]["target.layer"] for r in rows) == [1, 2, 3]
-    assert all(r["config_diff"]["run.preset"] == "smoke" and "linear_probe.top1" in r["metrics"]
-               for r in rows)
+    assert all("linear_probe.top1" in r["metrics"] for r in rows)
+    saved = yaml.safe_load((tmp_path / "out" / "runs" / "clip-layer3-s0" / "config.yaml").read_text())
+    assert saved["run"]["preset"] == "smoke" and saved["run"]["evals"] == ["linear"]
+
+
+def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
+    """mask.ratio does not touch a random-init row: it runs once per seed, stands at both grid
+    points in the report, and gets no 'random at mask.ratio=0.5' change of +0."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0]") + "grid:\n  mask.ratio: [0.3, 0.5]\n")
+    suite = schema.load(str(path))
+    assert sorted(r.id for r in suite.runs()) == ["pixels-ratio0.3-s0", "pixels-ratio0.5-s0", "random-s0"]
+    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    random_rows = [r for r in rows if r["target"] == "random"]
+    assert [r["point"] for r in random_rows] == [{"mask.ratio": 0.3}, {"mask.ratio": 0.5}]
+    assert random_rows[0]["metrics"] == random_rows[1]["metrics"] and random_rows[0]["shared"]
+    assert (tmp_path / "out" / "runs" / "random-s0" / "config.yaml").exists()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "random at mask.ratio" not in report and "pixels at mask.ratio=0.5" in report
+
+
+def test_grid_values_are_made_safe_for_folder_names():
+    assert schema.safe_name("a/b c") == "a_b_c" and schema.safe_name([1, 2]) == "1_2"
+    assert schema.safe_name(0.3) == "0.3" and schema.safe_name("../x") == ".._x"
