@@ -76,20 +76,46 @@ def config_options(f):
                      help="Continue the run in this directory from its last checkpoint.")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Start afresh in --out, removing the run already there.")(f)
+    f = data_option(f)
     return f
 
 
-def _pretrain(target, preset, config_file, overrides, out, resume, overwrite=False):
+def data_option(f):
+    return click.option("--data", type=click.Path(file_okay=False, exists=True),
+                        help="Your labelled images: a folder with train/ and val/, each holding one "
+                             "sub-folder per class (ImageNet's layout). Pre-training reads train/, "
+                             "the evaluations both; segmentation, which needs label maps, is left "
+                             "out unless run.evals is set.")(f)
+
+
+def data_overrides(data: str | None, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """--data PATH as the --set overrides it stands for, before the user's own (which win)."""
+    if data is None:
+        return tuple(overrides)
+    root = Path(data)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise MimbenchError(f"--data {data} needs {split}/ inside it, with one sub-folder of "
+                                f"images per class.")
+    train, val = (json.dumps(str((root / split).resolve())) for split in ("train", "val"))
+    implied = ["data.name=folder", f"data.root={train}", "eval_data.name=folder",
+               f"eval_data.train={{root: {train}}}", f"eval_data.val={{root: {val}}}"]
+    if not any(o.startswith("run.evals=") for o in overrides):
+        implied.append("run.evals=[linear, knn, finetune]")
+    return (*implied, *overrides)
+
+
+def _pretrain(target, preset, config_file, overrides, out, resume, overwrite=False, data=None):
     if resume:
-        if target or config_file or overrides or out or overwrite:
+        if target or config_file or overrides or out or overwrite or data:
             raise MimbenchError("--resume continues a run with its saved config; drop --target, "
-                                "--config, --set, --out and --overwrite.")
+                                "--config, --set, --data, --out and --overwrite.")
         from mimbench.engine import open_run
 
         run = open_run(resume, resume=True)
         config = cfg.from_dict(cfg.load_yaml(run.config))
     else:
-        config = cfg.resolve(preset, config_file, target, tuple(overrides))
+        config = cfg.resolve(preset, config_file, target, data_overrides(data, overrides))
         from mimbench.engine import open_run
 
         run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -223,20 +249,20 @@ def print_results(run, results: dict) -> None:
 
 @main.command()
 @config_options
-def pretrain(target, preset, config_file, overrides, out, resume, overwrite):
+def pretrain(target, preset, config_file, overrides, out, resume, overwrite, data):
     """Pre-train a student with a target; writes a run directory."""
-    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume, overwrite)
+    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume, overwrite, data)
     print_results(run, results)
 
 
 @main.command()
 @config_options
-def run(target, preset, config_file, overrides, out, resume, overwrite):
+def run(target, preset, config_file, overrides, out, resume, overwrite, data):
     """Pre-train, then run the evaluations in run.evals; prints a results table."""
     from mimbench.evals import run_evals
 
     run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume,
-                                         overwrite)
+                                         overwrite, data)
     if config.run.evals and is_main_process():  # evaluations run in rank 0 only
         with reporter() as report:
             results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
@@ -260,7 +286,10 @@ def run(target, preset, config_file, overrides, out, resume, overwrite):
                    "run directory, so the run's own results.json is never replaced).")
 @click.option("--partial", is_flag=True,
               help="Evaluate a run that stopped before its last pre-training step (its results say so).")
-def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial):
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A YAML file of config sections, applied over the run's saved config or the preset.")
+@data_option
+def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial, config_file, data):
     """Evaluate a checkpoint or a timm model with one protocol; writes results.json.
 
     A run directory or checkpoint is evaluated with the config it was trained with (student,
@@ -273,10 +302,15 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
 
     target = model.removeprefix(TARGET) if model and model.startswith(TARGET) else None
     saved = saved_config(checkpoint_path) if checkpoint_path else None
+    # exactly the evaluation asked (a folder without label maps is fine for a probe), then
+    # --data's keys, then the user's --set
+    overrides = data_overrides(data, (f"run.evals=[{evaluation}]", *overrides))
     if saved is not None and preset is None:
+        if config_file:
+            saved = cfg.to_dict(cfg.apply(cfg.from_dict(saved), cfg.load_yaml(config_file)))
         config = cfg.resolve_saved(saved, tuple(overrides))
     else:
-        config = cfg.resolve(preset or "tiny", target=target, overrides=tuple(overrides))
+        config = cfg.resolve(preset or "tiny", config_file, target=target, overrides=tuple(overrides))
         student = checkpoint_path and saved_student(checkpoint_path)
         if student:  # evaluate with the shape the model was trained at, --set student.* on top
             config = cfg.apply(config, {"student": student})
