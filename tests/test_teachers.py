@@ -77,6 +77,24 @@ def test_config_change_gives_a_new_cache_entry():
     teacher = teachers.get("clip-smoke")
     other = dataclasses.replace(teacher, config=dataclasses.replace(teacher.config, steps=5))
     assert teachers.folder_for(other) != teachers.folder_for(teacher)
+    newer = dataclasses.replace(teacher, version=teacher.version + 1)  # the build's code changed
+    assert teachers.folder_for(newer) != teachers.folder_for(teacher)
+
+
+def test_a_tokenizer_is_rebuilt_when_the_teacher_it_was_built_from_changes():
+    """vqkd-smoke's cache key holds clip-smoke's weights' SHA-256: another clip-smoke build
+    (here: its weights file replaced) gives vqkd-smoke another folder, so a tokenizer is never
+    reused with a teacher it was not built from."""
+    clip_folder, _ = teachers.ensure("clip-smoke")
+    vqkd_folder, report = teachers.ensure("vqkd-smoke")
+    assert report["clip_teacher_sha256"] == teachers.sha256(clip_folder / "open_clip_model.safetensors")
+    assert teachers.cached("vqkd-smoke")
+    report_path = clip_folder / "report.json"
+    clip_report = json.loads(report_path.read_text())
+    report_path.write_text(json.dumps({**clip_report, "sha256": "0" * 64}))  # as after a rebuild
+    (clip_folder / "open_clip_model.safetensors").write_bytes(b"other weights")
+    assert not teachers.cached("clip-smoke") and not teachers.cached("vqkd-smoke")
+    assert teachers.folder_for(teachers.get("vqkd-smoke")) is None  # unknown until clip is rebuilt
 
 
 def test_concurrent_builders_share_one_build(tmp_path):

@@ -36,6 +36,13 @@ class Teacher:
     reference: Callable[[Path], dict]  # folder -> the target options that load it
     config: object  # a frozen dataclass; its hash names the cache folder
     build_minutes: float  # wall minutes of one build on the 2-core reference machine (docs/teachers.md)
+    version: int = 1  # the build code's version: bumped whenever the build's code changes
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """The teachers this one is built from (a VQ-KD tokenizer from its CLIP teacher)."""
+        parent = getattr(self.config, "teacher", None)
+        return (parent,) if parent else ()
 
 
 def _registry() -> dict[str, Teacher]:
@@ -58,11 +65,6 @@ def world_images(split: str, count: int, config):
     return torch.from_numpy(pixels).permute(0, 3, 1, 2)
 
 
-def config_hash(config) -> str:
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -71,8 +73,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_for(teacher: Teacher) -> Path:
-    return cache_dir() / "teachers" / f"{teacher.name}-{config_hash(teacher.config)}"
+def cache_key(teacher: Teacher) -> str | None:
+    """A short hash of everything a build depends on: its config, its code's version and the
+    weights (SHA-256) of the teachers it is built from; None while one of those is not built."""
+    inputs = {"config": dataclasses.asdict(teacher.config), "version": teacher.version, "parents": {}}
+    for name in teacher.parents:
+        parent = get(name)
+        if not cached(name):
+            return None
+        inputs["parents"][name] = json.loads((folder_for(parent) / "report.json").read_text())["sha256"]
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def folder_for(teacher: Teacher) -> Path | None:
+    key = cache_key(teacher)
+    return cache_dir() / "teachers" / f"{teacher.name}-{key}" if key else None
 
 
 def _intact(folder: Path, teacher: Teacher) -> bool:
@@ -96,12 +111,15 @@ def get(name: str) -> Teacher:
 
 def cached(name: str) -> bool:
     teacher = get(name)
-    return _intact(folder_for(teacher), teacher)
+    folder = folder_for(teacher)
+    return folder is not None and _intact(folder, teacher)
 
 
 def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -> tuple[Path, dict]:
     """The folder of teacher `name`, built now if missing, changed or damaged; and its report."""
     teacher = get(name)
+    for parent in teacher.parents:  # first: their weights are part of this teacher's key
+        ensure(parent, progress)
     folder = folder_for(teacher)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.with_suffix(".lock")):  # one builder at a time; the others wait and reuse
@@ -115,7 +133,7 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
         try:
             report = teacher.build(teacher.config, tmp, progress)
             report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
-                       "sha256": sha256(tmp / teacher.weights_file)}
+                       "version": teacher.version, "sha256": sha256(tmp / teacher.weights_file)}
             (tmp / "report.json").write_text(json.dumps(report, indent=2))
             tmp.rename(folder)
         except BaseException:
