@@ -105,27 +105,30 @@ def data_overrides(data: str | None, overrides: tuple[str, ...]) -> tuple[str, .
     return (*implied, *overrides)
 
 
-def _pretrain(target, preset, config_file, overrides, out, resume, overwrite=False, data=None):
+@contextlib.contextmanager
+def training(target, preset, config_file, overrides, out, resume, overwrite=False, data=None):
+    """Resolve the run's config, take its directory and pre-train; yields (run, config,
+    results) with the directory still held (rank 0), so that `run`'s evaluations follow under
+    the same lock, taken before anything in the directory was read."""
+    from mimbench import run_lock
+
     if resume:
         if target or config_file or overrides or out or overwrite or data:
             raise MimbenchError("--resume continues a run with its saved config; drop --target, "
                                 "--config, --set, --data, --out and --overwrite.")
-        from mimbench.engine import open_run
-
-        run = open_run(resume, resume=True)
-        config = cfg.from_dict(cfg.load_yaml(run.config))
+        path, config = resume, None
     else:
         config = cfg.resolve(preset, config_file, target, data_overrides(data, overrides))
-        from mimbench.engine import open_run
+        path = out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with run_lock.holding(path) if is_main_process() else contextlib.nullcontext():
+        from mimbench.engine import open_run, pretrain  # torch and the models: once the config holds
 
-        run = open_run(out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                       resume=False, config=config, overwrite=overwrite)
-    say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
-    from mimbench.engine import pretrain  # torch and the models: once the config holds
-
-    with reporter() as report:
-        results = pretrain(config, run, report, say)
-    return run, config, results
+        run = open_run(path, resume=bool(resume), config=config, overwrite=overwrite)
+        config = config or cfg.from_dict(cfg.load_yaml(run.config))
+        say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
+        with reporter() as report:
+            results = pretrain(config, run, report, say)
+        yield run, config, results
 
 
 def is_main_process() -> bool:
@@ -251,8 +254,8 @@ def print_results(run, results: dict) -> None:
 @config_options
 def pretrain(target, preset, config_file, overrides, out, resume, overwrite, data):
     """Pre-train a student with a target; writes a run directory."""
-    run, _, results = _pretrain(target, preset, config_file, overrides, out, resume, overwrite, data)
-    print_results(run, results)
+    with training(target, preset, config_file, overrides, out, resume, overwrite, data) as (run, _, results):
+        print_results(run, results)
 
 
 @main.command()
@@ -261,12 +264,12 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
     """Pre-train, then run the evaluations in run.evals; prints a results table."""
     from mimbench.evals import run_evals
 
-    run_dir, config, results = _pretrain(target, preset, config_file, overrides, out, resume,
-                                         overwrite, data)
-    if config.run.evals and is_main_process():  # evaluations run in rank 0 only
-        with reporter() as report:
-            results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path, report,
-                                config.run.preset)  # a resumed run's own preset
+    with training(target, preset, config_file, overrides, out, resume, overwrite, data) as trained:
+        run_dir, config, results = trained
+        if config.run.evals and is_main_process():  # evaluations run in rank 0 only
+            with reporter() as report:
+                results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path,
+                                    report, config.run.preset)  # a resumed run's own preset
     print_results(run_dir, results)
 
 

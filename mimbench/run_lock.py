@@ -1,18 +1,20 @@
-"""One writer per run directory: an exclusive lock on DIR/.lock, taken when a job first
-writes there and released when it returns (and by the kernel on any exit, a SIGKILL
-included, so a dead holder never blocks the next run)."""
+"""One writer per run directory: an exclusive lock on DIR/.lock (filelock, the one lock
+mechanism of mimbench: the teacher cache uses it too), taken before anything in the directory
+is read and released when the job returns (and by the kernel on any exit, a SIGKILL included,
+so a dead holder never blocks the next run). DIR/.lock.owner names the holder's process."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from mimbench.errors import MimbenchError
 
-LOCK = ".lock"
-_held: dict[Path, int] = {}  # run directory -> the open lock file
+LOCK, OWNER = ".lock", ".lock.owner"
+_held: dict[Path, FileLock] = {}  # run directory -> its held lock
 
 
 def hold(folder: str | Path) -> None:
@@ -21,17 +23,20 @@ def hold(folder: str | Path) -> None:
     if folder in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(folder / LOCK, timeout=0)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode().strip() or "another process"
-        os.close(fd)
+        lock.acquire()
+    except Timeout:
+        owner = folder / OWNER
+        holder = owner.read_text().strip() if owner.exists() else "another process"
         raise MimbenchError(f"'{folder}' is being written by process {holder}; wait for it to "
                             f"finish or choose another --out.") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    _held[folder] = fd
+    (folder / OWNER).write_text(str(os.getpid()))
+    _held[folder] = lock
+
+
+def release(folder: Path) -> None:
+    _held.pop(folder).release()
 
 
 @contextlib.contextmanager
@@ -44,4 +49,23 @@ def released_after(folder: str | Path):
         yield
     finally:
         if not outer and folder in _held:
-            os.close(_held.pop(folder))
+            release(folder)
+
+
+@contextlib.contextmanager
+def holding(folder: str | Path):
+    """Hold `folder` for the whole block (a command's pre-training and evaluations, a suite's
+    run), taken before anything there is read; a folder this block created and left holding
+    nothing but the lock is removed again, so a refused command leaves no trace."""
+    folder = Path(folder).resolve()
+    created = not folder.exists()
+    with released_after(folder):
+        hold(folder)
+        try:
+            yield
+        finally:
+            if created and {p.name for p in folder.iterdir()} <= {LOCK, OWNER}:
+                release(folder)
+                for name in (LOCK, OWNER):
+                    (folder / name).unlink(missing_ok=True)
+                folder.rmdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mimbench import config as cfg
+from mimbench import config as cfg, run_lock
 from mimbench.engine import RunDir, pretrain
 from mimbench.errors import ConfigError
 from mimbench.evals import RESULT_NAMES, run_evals
@@ -45,6 +45,11 @@ def run_one(spec: RunSpec, folder: Path, preset: str, progress=None) -> dict:
     """Pre-train (resuming a checkpoint left by an interrupted suite of the same config) and
     evaluate what is missing; returns the run's results.json. A run saved under another config
     (the suite was edited) is removed and run afresh: one table never mixes two configs."""
+    with run_lock.holding(folder):  # before anything there is read, for the whole run
+        return _run_one(spec, folder, preset, progress)
+
+
+def _run_one(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
     run = RunDir(folder)
     if changed(spec, folder):
         run.clear()

@@ -132,3 +132,27 @@ def test_an_unwritable_folder_gets_one_sentence(tmp_path):
     home = run_cli("run", "--preset", "smoke", "--target", "clip", "--out", tmp_path / "r",
                    env={"MIMBENCH_HOME": "/sys/mimbench-home"})
     assert "cannot write '/sys/mimbench-home" in one_sentence(home)
+
+
+def test_a_second_run_on_a_busy_directory_is_refused_before_reading_it(tmp_path):
+    """Two runs started on one --out: the second is refused in one sentence, having read
+    nothing of the first's (its lock is taken before any state is read), and the first
+    finishes untouched."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_resume import last_logged_step
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "mimbench", "pretrain", *SMOKE, "--set",
+                              "optim.steps=300", "--set", "run.checkpoint_every=1", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while last_logged_step(out) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    second = run_cli("pretrain", "--preset", "smoke", "--target", "dvae", "--out", out)
+    assert f"'{out}' is being written by process {first.pid}" in one_sentence(second)
+    assert "size mismatch" not in second.stderr
+    assert first.wait(timeout=300) == 0
+    assert json.loads((out / "results.json").read_text())["target"]["name"] == "pixels"
