@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from mimbench.suites import picture
-from mimbench.suites.schema import METRICS, Suite
+from mimbench.suites.schema import METRICS, RANDOM_INIT, Suite
 
 CONFIDENCE = 0.95
 
@@ -73,6 +73,20 @@ def grid_changes(rows: list[dict], targets, pairs, metric: str, base: dict, poin
             gaps.append({s: x[s] - y[s] for s in set(x) & set(y)})
         changes.append(paired(f"({a} - {b}) at {label}", f"({a} - {b}) at {base_label}", *gaps, metric))
     return [c for c in changes if c]
+
+
+def bar_extent(values: list[float]) -> tuple[float, float, float]:
+    """(mean, extent below, extent above) of a bar: the 95% CI clipped to a percentage's range,
+    0..100 (no interval without spread)."""
+    m, low, high = mean_ci(values)
+    if math.isnan(low):
+        return m, 0.0, 0.0
+    return m, m - max(low, 0.0), min(high, 100.0) - m
+
+
+def short_label(point: dict) -> str:
+    """A grid point as short key=value text for a plot's axis: 'ratio=0.3, layer=2'."""
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "default"
 
 
 def point_label(point: dict) -> str:
@@ -176,16 +190,22 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
         data = groups([r for r in rows if not r["point"]] or rows, metric)
         if not data:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        names, means, errors = [], [], []
-        for (target, point), values in data.items():
-            m, low, high = mean_ci(values)
-            names.append(target if point == "{}" else f"{target}\n{point}")
-            means.append(m)
-            errors.append(0 if math.isnan(low) else m - low)
-        ax.bar(names, means, yerr=errors, capsize=4, color="tab:blue")
-        ax.set_ylabel(f"{metric} (bars: 95% CI)")
-        ax.set_title(f"{suite.name}: {metric}")
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(data)), 3.8))
+        for x, ((target, point), values) in enumerate(data.items()):
+            m, below, above = bar_extent(values)
+            ax.bar(x, m, yerr=[[below], [above]], capsize=4, color="tab:blue", alpha=0.75)
+            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)  # each seed
+        floor = [np.mean(v) for (t, p), v in data.items() if t == RANDOM_INIT]
+        if floor:
+            ax.axhline(floor[0], color="tab:red", linestyle="--", linewidth=1, label="random-init floor")
+            ax.legend(fontsize=7, loc="upper right")
+        labels = [target if point == "{}" else f"{target}\n{short_label(json.loads(point))}"
+                  for target, point in data]
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0,
+                      ha="right" if len(labels) > 5 else "center", fontsize=8)
+        ax.set_ylim(0, min(100.0, max(max(v) for v in data.values()) * 1.15 + 1))
+        ax.set_ylabel(f"{metric}, % (bar: mean, 95% CI; dots: seeds)", fontsize=8)
+        ax.set_title(f"{suite.name}: {metric}", fontsize=9)
         written.append(_save(fig, out / f"bars_{metric.replace('.', '_')}.png"))
     curves = defaultdict(list)  # target -> its runs: each target's loss has its own scale
     for r in rows:

@@ -435,3 +435,12 @@ def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
 def test_grid_values_are_made_safe_for_folder_names():
     assert schema.safe_name("a/b c") == "a_b_c" and schema.safe_name([1, 2]) == "1_2"
     assert schema.safe_name(0.3) == "0.3" and schema.safe_name("../x") == ".._x"
+
+
+def test_plotted_intervals_stay_within_a_percentages_range():
+    m, below, above = report.bar_extent([2.0, 1.0, 9.0])  # a t interval reaching below 0
+    _, low, high = report.mean_ci([2.0, 1.0, 9.0])
+    assert low < 0 and m - below == 0.0 and m + above == pytest.approx(high)
+    m, below, above = report.bar_extent([99.0, 97.0, 100.0])
+    assert m + above == 100.0 and report.mean_ci([99.0, 97.0, 100.0])[2] > 100
+    assert report.short_label({"mask.ratio": 0.3, "target.layer": 2}) == "ratio=0.3, layer=2"
