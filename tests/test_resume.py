@@ -89,3 +89,42 @@ def test_stop_signal_checkpoints_says_how_to_resume_and_resumes_exactly(tmp_path
     final = json.loads((stopped / "results.json").read_text())["pretrain"]
     assert final["wall_time_s"] > at_stop["elapsed_s"]  # the first part is counted too
     assert not list(stopped.glob(".*.tmp"))
+
+
+def test_sigkill_between_pretraining_and_evaluation_resumes_to_the_same_numbers(tmp_path):
+    """`run` killed after its pre-training finished, while evaluating: `run --resume` skips
+    the finished pre-training, runs the evaluations, and reports what an uninterrupted run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["run", "--preset", "smoke", "--target", "pixels", "--set", "run.evals=[linear, finetune]",
+            "--set", "finetune.steps=200"]
+    whole = run_cli(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mimbench", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            results = json.loads((out / "results.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            results = {}
+        if "linear_probe" in results.get("evals", {}):  # evaluating: fine-tuning under way
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = json.loads((out / "results.json").read_text())
+    assert "pretrain" in killed and "finetune" not in killed.get("evals", {}), "not killed mid-evaluation"
+
+    resumed = run_cli("run", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already finished its 6 steps" in resumed.stderr
+    final, reference = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "whole"))
+    for name in ("linear_probe", "finetune"):
+        assert final["evals"][name]["top1"] == reference["evals"][name]["top1"], name
+    assert final["pretrain"]["final_loss"] == reference["pretrain"]["final_loss"]
