@@ -83,6 +83,9 @@ class DataConfig:
     hflip: bool = False
     color_jitter: float = 0.0
     num_workers: int = 0
+    # where JPEGs are decoded, cropped, jittered and resized: by PIL in the DataLoader workers,
+    # or on the training device (mimbench.data.decode; a folder of JPEGs only)
+    decode: Literal["workers", "device"] = "workers"
     options: dict = field(default_factory=dict)  # the dataset's own options (root, split, ...)
 
 

@@ -22,7 +22,8 @@ from mimbench import checkpoint, config as cfg, distributed, run_lock, teachers
 from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
-from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
+from mimbench.data.decode import pipeline
+from mimbench.data.views import MIMViews, StreamSampler, student_input, teacher_input
 from mimbench.errors import ConfigError, Interrupted, MimbenchError, TrainingDiverged
 from mimbench.lr_schedule import lr_at
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
@@ -300,9 +301,10 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                      config.data.hflip, config.data.color_jitter)
     sampler = StreamSampler(len(images), config.run.seed, start=start * plan["effective_batch"],
                             rank=world.rank, world_size=world.size, chunk=batch)
+    dataset, collate, prepare = pipeline(config.data.decode, images, views, config.run.seed)
     loader = torch.utils.data.DataLoader(
-        MIMDataset(images, views, config.run.seed), batch_size=batch, sampler=sampler,
-        collate_fn=views.collate, num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+        dataset, batch_size=batch, sampler=sampler, collate_fn=collate,
+        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
         persistent_workers=config.data.num_workers > 0)
     batches = iter(loader)
 
@@ -339,7 +341,7 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
         for group in optimizer.param_groups:
             group["lr"] = lr
         waited = time.perf_counter()
-        micro = [next(batches) for _ in range(accum)]
+        micro = [prepare(next(batches), device) for _ in range(accum)]
         window_wait += time.perf_counter() - waited
         try:
             step_loss = train_step(model, provider, spec, micro, loss_name, config, device, seeds)

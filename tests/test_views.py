@@ -88,3 +88,38 @@ def test_pillow_posterizes_to_zero_bits_as_timms_randaugment_needs():
 
     image = Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8))
     assert np.asarray(ImageOps.posterize(image, 0)).max() == 0
+
+
+def test_device_decoding_takes_the_cpu_paths_samples_to_within_a_few_levels(tmp_path):
+    """data.decode=device: the same crop, flip, jitter factors and mask as the CPU path for each
+    (epoch, index); its pixels (torch's decode, jitter and resize instead of PIL's) within a
+    few levels. Run here on the CPU; on a GPU the same code decodes there."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mimbench.data.decode import pipeline
+    from mimbench.data.folder import FolderDataset
+    from mimbench.data.views import MIMViews
+    from mimbench.masking import BlockMasking
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    for i in range(6):
+        h, w = (150, 200) if i % 2 else (200, 150)
+        coarse = rng.integers(0, 256, (h // 10, w // 10, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).save(tmp_path / "a" / f"{i}.jpg", quality=95)
+    images = FolderDataset(str(tmp_path))
+    views = MIMViews(32, 48, "bicubic", BlockMasking((4, 4), 6, 2), (0.08, 1.0), hflip=True, jitter=0.4)
+    keys = [(e, i) for e in (0, 1) for i in range(6)]
+    batches = {}
+    for decode in ("workers", "device"):
+        dataset, collate, prepare = pipeline(decode, images, views, seed=3)
+        batches[decode] = prepare(collate([dataset[k] for k in keys]), torch.device("cpu"))
+    cpu, device = batches["workers"], batches["device"]
+    assert torch.equal(cpu["mask"], device["mask"]) and torch.equal(cpu["index"], device["index"])
+    for view in ("student", "teacher"):
+        assert cpu[view].shape == device[view].shape and device[view].dtype == torch.uint8
+        diff = (cpu[view].float() - device[view].float()).abs()
+        assert diff.mean() < 2.0, (view, diff.mean())  # levels of 255
+        assert diff.flatten(1).mean(1).max() < 4.0  # no sample cropped or flipped elsewhere
