@@ -36,7 +36,7 @@ class Group(click.Group):
         except MimbenchError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {sentence(e)}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except OSError as e:  # a folder that cannot be written: one sentence, not a traceback
             if ctx.obj and ctx.obj.get("debug") or e.errno not in UNWRITABLE:
@@ -45,6 +45,15 @@ class Group(click.Group):
                           f"a writable --out, or set MIMBENCH_HOME to a writable folder for the "
                           f"teacher cache.", highlight=False, soft_wrap=True)
             sys.exit(2)
+
+
+def sentence(error: MimbenchError) -> str:
+    """The error's own sentence; one raised in a DataLoader worker arrives wrapped by torch in
+    'Caught ... Original Traceback ...', whose last line is that sentence."""
+    text = str(error)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 @click.group(cls=Group)

@@ -90,6 +90,11 @@ class Suite:
         return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[RunSpec]:
+        keys = [json.dumps(p, sort_keys=True) for p in self.points()]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"suite '{self.name}' lists the grid point {twice[0]} twice; give "
+                              f"each grid point different values.")
         runs = []
         for target in self.targets:
             # a reference row runs once per seed for all grid points that differ only in keys

@@ -307,7 +307,7 @@ def test_grid_points_and_comparison_pairs(tmp_path):
     assert (moved.img_size, moved.patch_size) == (64, 16)
     assert runs["pixels-s0"].config.student == schema.load(str(path)).runs()[0].config.student
     path.write_text(SMALL + "grid:\n  - {mask.ratio: 0.3}\n  - {mask.ratio: 0.3}\n")
-    with pytest.raises(ConfigError, match="names two runs 'pixels-ratio0.3-s0'"):
+    with pytest.raises(ConfigError, match="lists the grid point {\"mask.ratio\": 0.3} twice"):
         schema.load(str(path))
 
 

@@ -123,3 +123,29 @@ def test_device_decoding_takes_the_cpu_paths_samples_to_within_a_few_levels(tmp_
         diff = (cpu[view].float() - device[view].float()).abs()
         assert diff.mean() < 2.0, (view, diff.mean())  # levels of 255
         assert diff.flatten(1).mean(1).max() < 4.0  # no sample cropped or flipped elsewhere
+
+
+def test_pretraining_reads_a_jpeg_folder_decoded_on_the_device_through_workers(tmp_path):
+    """data.decode=device end to end, two DataLoader workers handing over the batch's bytes;
+    a PNG in such a folder is refused in one sentence."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "jpegs" / "a").mkdir(parents=True)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "jpegs" / "a" / f"{i}.jpg")
+    args = ["pretrain", "--preset", "smoke", "--target", "pixels", "--set", "data.name=folder",
+            "--set", f"data.root={tmp_path / 'jpegs'}", "--set", "data.decode=device",
+            "--set", "data.num_workers=2"]
+    result = run_cli(*args, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["pretrain"]["steps"] == 6
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "jpegs" / "a" / "0.png")
+    refused = run_cli(*args, "--out", tmp_path / "png")
+    assert refused.returncode == 2 and "decodes JPEG files only" in refused.stderr
+    assert "Traceback" not in refused.stderr  # raised in a worker, told in one sentence

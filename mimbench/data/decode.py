@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from mimbench.data.views import MIMViews, _uniform, crop_box, sample_generator
-from mimbench.errors import ConfigError
+from mimbench.errors import ConfigError, DataError
 
 GRAY = (0.299, 0.587, 0.114)  # PIL's (ITU-R 601-2) luma weights, as its ImageEnhance uses
 
@@ -45,13 +45,20 @@ class EncodedImages(torch.utils.data.Dataset):
         top, left, h, w = crop_box(width, height, v.crop_scale, g)  # in the flipped image
         if flip:
             left = width - left - w  # the same pixels, found in the unflipped image
-        return {"jpeg": read_file(str(path)), "box": (top, left, h, w), "flip": flip,
+        data = read_file(str(path))
+        if data[:2].tolist() != [0xFF, 0xD8]:
+            raise DataError(f"data.decode=device decodes JPEG files only, and '{path}' is not "
+                            f"one; use data.decode=workers for this folder.")
+        return {"jpeg": data, "box": (top, left, h, w), "flip": flip,
                 "jitter": factors, "mask": v.masker(g).flatten(), "index": index}
 
 
 def collate(items: list[dict]) -> dict:
-    """Bytes and parameters stay lists; masks and indices are stacked."""
-    return {"jpeg": [i["jpeg"] for i in items], "box": [i["box"] for i in items],
+    """The batch's bytes in one tensor with their lengths (one tensor crosses from a worker in
+    one piece of shared memory; one tensor per file ran out of file descriptors), parameters
+    as lists, masks and indices stacked."""
+    return {"jpeg": torch.cat([i["jpeg"] for i in items]),
+            "lengths": [len(i["jpeg"]) for i in items], "box": [i["box"] for i in items],
             "flip": [i["flip"] for i in items], "jitter": [i["jitter"] for i in items],
             "mask": torch.stack([i["mask"] for i in items]),
             "index": torch.tensor([i["index"] for i in items])}
@@ -83,7 +90,8 @@ def _resize(crops: list[torch.Tensor], size: int, interpolation: str) -> torch.T
 def decode_batch(batch: dict, views: MIMViews, device: torch.device) -> dict:
     """A collated batch of JPEG bytes -> the CPU path's batch ({"student": [B, S, S, 3] and
     "teacher": [B, T, T, 3] uint8, "mask", "index"}), made on `device`."""
-    images = decode_jpeg(batch["jpeg"], mode=ImageReadMode.RGB, device=device)  # each [3, H, W]
+    files = list(torch.split(batch["jpeg"], batch["lengths"]))
+    images = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)  # each [3, H, W]
     crops = []
     for image, (top, left, h, w), flip, factors in zip(images, batch["box"], batch["flip"],
                                                        batch["jitter"]):
