@@ -39,14 +39,6 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def classifier_conv(cin: int, classes: int) -> nn.Conv2d:
-    """A decode head's 1x1 classifier, initialised as mmseg's conv_seg: normal std .01, zero bias."""
-    conv = nn.Conv2d(cin, classes, 1)
-    nn.init.normal_(conv.weight, std=0.01)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
 class UperHead(nn.Module):
     """Pyramid pooling on the coarsest level + a feature pyramid network, fused at the finest."""
 
@@ -60,7 +52,7 @@ class UperHead(nn.Module):
         self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in range(3))
         self.fuse = conv_bn_relu(4 * channels, channels)
         self.dropout = nn.Dropout2d(0.1)  # mmseg's decode heads: dropout_ratio 0.1 before conv_seg
-        self.classifier = classifier_conv(channels, classes)
+        self.classifier = nn.Conv2d(channels, classes, 1)  # PyTorch's init: docs/protocols.md
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         top = levels[3]  # the coarsest level
@@ -128,7 +120,7 @@ class Segmenter(nn.Module):
         cins = self.pyramid.channels
         self.head = UperHead(cins, channels, classes, pool_scales)
         aux = aux_channels or channels
-        self.aux = nn.Sequential(conv_bn_relu(cins[2], aux), nn.Dropout2d(0.1), classifier_conv(aux, classes))
+        self.aux = nn.Sequential(conv_bn_relu(cins[2], aux), nn.Dropout2d(0.1), nn.Conv2d(aux, classes, 1))
 
     def forward(self, images: torch.Tensor):
         levels = self.pyramid(images)
