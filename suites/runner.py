@@ -15,7 +15,7 @@ import torch
 
 from mimbench import config as cfg, run_lock
 from mimbench.engine import RunDir, pretrain
-from mimbench.errors import ConfigError
+from mimbench.errors import ConfigError, Interrupted
 from mimbench.evals import RESULT_NAMES, run_evals
 from mimbench.suites.ceiling import train_supervised
 from mimbench.suites.schema import SUPERVISED, RunSpec, Suite
@@ -68,12 +68,21 @@ def _run_one(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
 
 
 _PROGRESS: multiprocessing.Queue | None = None  # in a --jobs worker: where its progress goes
+_STOP = None  # in a --jobs worker: set by the suite's process once the user asked it to stop
 
 
-def _start_worker(threads: int, progress: multiprocessing.Queue) -> None:
-    global _PROGRESS
+def _start_worker(threads: int, progress: multiprocessing.Queue, stop) -> None:
+    global _PROGRESS, _STOP
     torch.set_num_threads(threads)
-    _PROGRESS = progress
+    _PROGRESS, _STOP = progress, stop
+
+
+def _run_in_worker(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
+    """run_one in a --jobs worker, which takes no new run once the suite was asked to stop
+    (a worker hands over the runs queued to it one by one: without this it would go on)."""
+    if _STOP.is_set():
+        raise Interrupted(f"{spec.id} not started: the suite was asked to stop.")
+    return run_one(spec, folder, preset, progress)
 
 
 def _relay(run_id: str, task: str, step: int, total: int, metrics: dict) -> None:
@@ -177,12 +186,13 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
         threads = max(1, torch.get_num_threads() // jobs)
         context = multiprocessing.get_context("spawn")
         updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
+        stop = context.Event()
         pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                   initargs=(threads, updates))
+                                   initargs=(threads, updates, stop))
         # seed by seed, so that runs of different targets (and teachers) train side by side
         todo.sort(key=lambda i: suite.seeds.index(runs[i].seed))
         try:
-            pending = {pool.submit(run_one, runs[i], folders[i], suite.preset,
+            pending = {pool.submit(_run_in_worker, runs[i], folders[i], suite.preset,
                                    functools.partial(_relay, runs[i].id)): i for i in todo}
             while pending:
                 ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -190,7 +200,15 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
                 for future in ended:
                     future.result()  # a failed run stops the suite; finished ones are kept
                     finished(pending.pop(future), reused=False)
+        except (KeyboardInterrupt, Interrupted):
+            # Ctrl-C reaches the whole process group: the running runs checkpoint and stop by
+            # themselves; no worker may start another
+            stop.set()
+            pool.shutdown(cancel_futures=True)
+            raise Interrupted("the suite stopped: its running runs saved a checkpoint and no "
+                              "other run was started; run the same command again to continue.") from None
         finally:
+            stop.set()
             pool.shutdown(cancel_futures=True)
     base = cfg.resolve(suite.preset)
     rows = []

@@ -444,3 +444,30 @@ def test_plotted_intervals_stay_within_a_percentages_range():
     m, below, above = report.bar_extent([99.0, 97.0, 100.0])
     assert m + above == 100.0 and report.mean_ci([99.0, 97.0, 100.0])[2] > 100
     assert report.short_label({"mask.ratio": 0.3, "target.layer": 2}) == "ratio=0.3, layer=2"
+
+
+def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the suite's process and its
+    two workers stop (the training ones at a checkpoint), no queued run starts, the command
+    ends with one sentence; the same command then finishes the suite."""
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.replace("optim.steps: 4", "optim.steps: 400\n  run.checkpoint_every: 10"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mimbench", "suite", "run", str(path), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(out.glob("runs/pixels-s*/checkpoint.pt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "the suite stopped" in stderr and "Traceback" not in stderr
+    started = {p.parent.name for p in out.glob("runs/*/config.yaml")}
+    time.sleep(2)  # no worker left behind to start another run
+    assert {p.parent.name for p in out.glob("runs/*/config.yaml")} == started
+    assert len(started) < 4, "every run started: the suite was not stopped"
+
+    again = run_cli("suite", "run", path, "--out", out, "--jobs", "2", timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
