@@ -46,14 +46,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimbench import config as cfg
-from mimbench import distributed, engine
-from mimbench.allocator import keep_freed_memory
-from mimbench.bench import BareReference, matmul_peak, one_batch, timed
+from mimbench import engine
+from mimbench.bench import BareReference, Step, build_step, matmul_peak, timed
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, crop_box
-from mimbench.losses import check_loss
 from mimbench.masking import build_masking
-from mimbench.student import build_student
 
 SPEC_BF16_PEAK = 989e12  # FLOP/s: H100/H200 SXM dense bf16 (no sparsity), NVIDIA's datasheet
 CLIP_STAND_IN = "vit_base_patch16_clip_224"  # timm's CLIP ViT-B/16 tower, if open_clip is missing
@@ -257,52 +254,32 @@ def paper_config(mode: Mode, target: str, root: Path, extra: tuple[str, ...] = (
 
 @dataclass
 class StepParts:
-    """bench.prepare's pieces, with the student kept so that it can be compiled."""
+    """bench.build_step's step, with the bare reference of the same shapes."""
 
-    config: object
-    provider: object
-    spec: object
-    loss: str
-    batch: dict  # {"student": uint8 [B, 224, 224, 3], "teacher": ..., "mask": bool [B, 196], "index"}
-    student: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    step: Step
     bare: BareReference
-    device: torch.device
 
     @property
     def size(self) -> int:
-        return len(self.batch["mask"])
+        return len(self.step.batch["mask"])
+
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.step.student
 
     def mimbench_step(self, model: torch.nn.Module) -> None:
-        """One optimizer step as engine._pretrain takes it (and bench.prepare's `ours`);
-        `model` is the student or its torch.compile wrapper."""
-        engine.train_step(model, self.provider, self.spec, [self.batch], self.loss, self.config, self.device)
-        if self.config.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One optimizer step as engine._pretrain takes it; `model` is the student or its
+        torch.compile wrapper."""
+        self.step(model)
 
     def bare_step(self) -> None:
-        self.bare(self.batch)
+        self.bare(self.step.batch)
 
 
 def build_parts(config, batch_size: int) -> StepParts:
-    """As bench.prepare: target, one batch of views from the JPEG folder, student, AdamW."""
-    keep_freed_memory()
-    torch.manual_seed(0)
-    _, device = distributed.init(config.run.device)
-    provider = engine.build_target_for(config)
-    if isinstance(provider, torch.nn.Module):
-        provider.to(device)
-    spec = provider.spec
-    loss = config.target.loss or spec.loss
-    check_loss(loss, spec.kind, config.target.name)
-    batch, _ = one_batch(config, spec, batch_size)  # CPU views, as the DataLoader makes them
-    batch = {k: v.to(device) for k, v in batch.items()}
-    student = build_student(config.student, spec).to(device)
-    optimizer = engine.build_optimizer(student, config)
-    bare = BareReference(config, provider, spec, loss, device)
-    return StepParts(config, provider, spec, loss, batch, student, optimizer, bare, device)
+    """bench.build_step on one batch of views from the JPEG folder, and the bare reference."""
+    step = build_step(config, batch_size)
+    return StepParts(step, BareReference(config, step.provider, step.spec, step.loss, step.device))
 
 
 def count_flops(fn) -> float:

@@ -136,7 +136,32 @@ class StepParts:
     flops: float  # of one mimbench step, counted by FlopCounterMode
 
 
-def prepare(config: Config, batch_size: int | None = None) -> StepParts:
+@dataclass
+class Step:
+    """One configuration's pre-training step, built as the engine builds it, on a fixed batch."""
+
+    config: Config
+    provider: object
+    spec: object
+    loss: str
+    batch: dict  # {"student": uint8 [B, S, S, 3], "teacher": ..., "mask": bool [B, N], "index"}
+    make_batch: Callable[[], dict]  # the next batch of the sample stream, as the loader makes it
+    student: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def __call__(self, model: torch.nn.Module | None = None) -> None:
+        """engine.train_step + clipping + AdamW; `model`: the student (default) or a
+        torch.compile wrapper of it."""
+        engine.train_step(self.student if model is None else model, self.provider, self.spec, [self.batch], self.loss,
+                          self.config, self.device)
+        if self.config.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_step(config: Config, batch_size: int) -> Step:
     keep_freed_memory()  # as pre-training does, for both steps alike
     torch.manual_seed(0)
     _, device = distributed.init(config.run.device)
@@ -146,26 +171,24 @@ def prepare(config: Config, batch_size: int | None = None) -> StepParts:
     spec = provider.spec
     loss = config.target.loss or spec.loss
     check_loss(loss, spec.kind, config.target.name)
-    b = batch_size or config.optim.batch_size
-    batch, make_batch = one_batch(config, spec, b)
+    batch, make_batch = one_batch(config, spec, batch_size)
     batch = {k: v.to(device) for k, v in batch.items()}
     student = build_student(config.student, spec).to(device)
-    optimizer = engine.build_optimizer(student, config)
+    return Step(config, provider, spec, loss, batch, make_batch, student,
+                engine.build_optimizer(student, config), device)
 
-    def ours():
-        engine.train_step(student, provider, spec, [batch], loss, config, device)
-        if config.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), config.optim.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    bare = BareReference(config, provider, spec, loss, device)
+def prepare(config: Config, batch_size: int | None = None) -> StepParts:
+    b = batch_size or config.optim.batch_size
+    step = build_step(config, b)
+    ours, batch = step, step.batch
+    bare = BareReference(config, step.provider, step.spec, step.loss, step.device)
     masker = build_masking(config.mask, config.student)
     g = torch.Generator().manual_seed(0)
     with FlopCounterMode(display=False) as counter:
         ours()
     return StepParts(ours, lambda: bare(batch), lambda: [masker(g) for _ in range(b)],
-                     make_batch, b, float(counter.get_total_flops()))
+                     step.make_batch, b, float(counter.get_total_flops()))
 
 
 def figures(parts: StepParts, step_s: float, bare_s: float, masks_s: float, data_s: float,

@@ -351,10 +351,8 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
                 f"lower optim.batch_size and raise optim.accum_steps by the same factor (same "
                 f"effective batch), or set optim.amp=bf16, then start again.") from None
         if not math.isfinite(step_loss):
-            kept = (f"the last good checkpoint in '{run.path}' is kept" if run.checkpoint.exists()
-                    else "no checkpoint was written yet")
             raise TrainingDiverged(
-                f"the loss became {step_loss} at step {step} ({kept}): lower optim.lr, raise "
+                f"the loss became {step_loss} at step {step} ({kept_note(run)}): lower optim.lr, raise "
                 f"optim.warmup_steps, or set optim.amp=none, then "
                 f"{'--resume' if run.checkpoint.exists() else 'start again'}.")
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(),
@@ -362,11 +360,9 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
         if not torch.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)
             if config.optim.nonfinite_grads == "stop":
-                kept = (f"the last good checkpoint in '{run.path}' is kept" if run.checkpoint.exists()
-                        else "no checkpoint was written yet")
                 raise TrainingDiverged(
                     f"the gradient norm became {grad_norm.item()} at step {step} with a finite loss "
-                    f"({kept}): lower optim.lr, set optim.amp=none, or set "
+                    f"({kept_note(run)}): lower optim.lr, set optim.amp=none, or set "
                     f"optim.nonfinite_grads=skip to skip such steps.")
             log.warning("step %d: non-finite gradient norm; the step is skipped", step)
             continue
@@ -398,6 +394,13 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
     distributed.barrier()
     distributed.shutdown()
     return results
+
+
+def kept_note(run: RunDir) -> str:
+    """What a stopped run leaves behind, for its error message."""
+    if run.checkpoint.exists():
+        return f"the last good checkpoint in '{run.path}' is kept"
+    return "no checkpoint was written yet"
 
 
 def checked_targets(provider, view, index, spec, name: str):
