@@ -366,7 +366,8 @@ def bench_command(target, preset, overrides, batch, repeats):
     from mimbench.suites.estimate import save_rate
 
     if resolve_device(config.run.device).type == "cpu":  # the rate suite dry runs plan with
-        save_rate(f["achieved_flops"], f"measured by mimbench bench --preset {preset} --target {target}")
+        save_rate(f["achieved_flops"], f"measured by mimbench bench --preset {preset} --target {target}",
+                  preset)
     table = Table(title=f"{preset} / {target}: batch {f['batch']}, median of {f['repeats']}")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -464,7 +465,8 @@ def print_estimate(loaded, runs) -> None:
                    f"({figures['teacher_build_time']} as measured on 2 CPU cores).")
     click.echo(f"this machine, one run at a time: {figures['cpu_time']}, teacher builds included "
                f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, {figures['cpu_rate_source']}; "
-               f"`mimbench bench` measures it anew); "
+               f"`mimbench bench --preset {runs[0].config.run.preset if runs else 'tiny'}` "
+               f"measures it anew; plus {figures['overhead_s']:,.0f} s of per-run set-up); "
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
     if notes:

@@ -87,28 +87,45 @@ def eval_flops_per_image(config, seg_classes: int) -> dict[str, float]:
     return figures
 
 
-def rate_file() -> Path:
-    """Where this machine's CPU rate is kept, per thread count (CPU speed depends on it)."""
-    return cache_dir() / "bench" / f"cpu-{torch.get_num_threads()}-threads.json"
+def rate_file(preset: str) -> Path:
+    """Where this machine's CPU rate for `preset` is kept, per thread count (CPU speed depends
+    on it): a smoke step's rate (mostly per-step overhead) never stands in for a tiny one."""
+    return cache_dir() / "bench" / f"cpu-{torch.get_num_threads()}-threads-{preset}.json"
 
 
-def save_rate(flops_per_s: float, source: str) -> None:
-    path = rate_file()
+def save_rate(flops_per_s: float, source: str, preset: str) -> None:
+    path = rate_file(preset)
     path.parent.mkdir(parents=True, exist_ok=True)
     day = datetime.date.today().isoformat()
     path.write_text(json.dumps({"flops_per_s": flops_per_s, "source": f"{source}, {day}"}))
 
 
-def machine_rate() -> tuple[float, str]:
-    """FLOP/s of this machine's CPU and where the figure comes from: the last `mimbench bench`
-    run here on the CPU (a whole pre-training step, teacher and optimizer included); failing
-    that, a tiny student step timed now and kept for the next dry run."""
-    path = rate_file()
-    if path.exists():
-        record = json.loads(path.read_text())
-        return record["flops_per_s"], record["source"]
-    save_rate(cpu_rate(), "timed on a tiny student step")
-    return machine_rate()
+def machine_rate(preset: str) -> tuple[float, str]:
+    """FLOP/s of this machine's CPU for runs of `preset`, and where the figure comes from: the
+    last `mimbench bench --preset PRESET` run here on the CPU (a whole pre-training step,
+    teacher and optimizer included); failing that, the tiny preset's (the paper preset's
+    larger matrices run at least as fast); failing that, a tiny student step timed now and
+    kept for the next dry run."""
+    for name in dict.fromkeys((preset, "tiny")):
+        path = rate_file(name)
+        if path.exists():
+            record = json.loads(path.read_text())
+            return record["flops_per_s"], f"{name} preset: {record['source']}"
+    save_rate(cpu_rate(), "timed on a tiny student step", "tiny")
+    return machine_rate(preset)
+
+
+# Seconds beyond the FLOPs at the machine's rate, which dominate small runs: the command's
+# start (Python, torch), a run's set-up (models, data), and the segmentation evaluations'
+# label-map data. Measured on the 2-core reference machine, 2026-12-04, with smoke suites of 4
+# runs (docs/performance.md): 3.4 s with the linear probe, 3.4 s with linear, k-NN and
+# fine-tuning, 29.6 s with both segmentation evaluations too.
+START_S = 3.0
+RUN_OVERHEAD_S = {"run": 0.7, "seg_linear": 3.0, "segmentation": 3.0}
+
+
+def run_overhead(spec: RunSpec) -> float:
+    return RUN_OVERHEAD_S["run"] + sum(RUN_OVERHEAD_S.get(name, 0.0) for name in spec.config.run.evals)
 
 
 def cpu_rate(repeats: int = 3) -> float:
@@ -243,12 +260,14 @@ def estimate(runs: list[RunSpec]) -> dict:
         assumed = [name for name, (_, _, measured) in sizes.items() if not measured]
         rows.append({"id": spec.id, "images": sum(i for i, _ in stages.values()), "flops": flops,
                      "stages": stages, "data": assumed_note(assumed)})
-    rate, rate_source = machine_rate()
+    rate, rate_source = machine_rate(runs[0].config.run.preset if runs else "tiny")
     to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
     build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
-    cpu_hours = total / rate / 3600 + build_hours
+    overhead_hours = (START_S + sum(run_overhead(spec) for spec in runs)) / 3600
+    cpu_hours = total / rate / 3600 + overhead_hours + build_hours
     gpu_hours = total / GPU["flops"] / 3600
     return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_rate_source": rate_source,
+            "overhead_s": overhead_hours * 3600,
             "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
             "teacher_build_time": duration(build_hours) if to_build else "none",
             "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),

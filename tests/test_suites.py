@@ -107,15 +107,23 @@ def test_dry_run_counts_each_evaluation_of_the_paper_recipe_by_hand(tmp_path, mo
     assert stages["pretrain"][0] == 300 * (imagenet // 2048) * 2048  # 300 epochs of whole batches
 
 
-def test_dry_run_plans_with_the_bench_rate_and_the_teachers_to_build():
-    bench = run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
-    assert bench.returncode == 0, bench.stderr
-    achieved = bench.stdout.split("achieved")[1].split("GFLOP/s")[0].strip(" │|")
+def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build():
+    """A smoke bench (a step of mostly overhead) never sets the rate a tiny suite is planned
+    with; a tiny bench does, and the dry run says where its rate comes from."""
+    smoke = run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
+    assert smoke.returncode == 0, smoke.stderr
     result = run_cli("suite", "run", "tiny", "--dry-run")
     assert result.returncode == 0, result.stderr
     # an empty cache: the three teachers, vqkd after the clip teacher it distils
-    assert "teachers to build first: clip, dvae, vqkd" in result.stdout
-    assert f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s, measured by mimbench bench" in result.stdout
+    said = " ".join(result.stdout.split())
+    assert "teachers to build first: clip, dvae, vqkd" in said
+    assert "tiny preset: timed on a tiny student step" in said, said[-600:]
+    tiny = run_cli("bench", "--preset", "tiny", "--target", "pixels", "--repeats", "1")
+    assert tiny.returncode == 0, tiny.stderr
+    achieved = tiny.stdout.split("achieved")[1].split("GFLOP/s")[0].strip(" │|")
+    result = run_cli("suite", "run", "tiny", "--dry-run")
+    assert (f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s, tiny preset: measured by "
+            f"mimbench bench --preset tiny --target pixels") in " ".join(result.stdout.split())
 
 
 def test_durations_have_one_significant_figure():
@@ -471,3 +479,22 @@ def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_pat
     again = run_cli("suite", "run", path, "--out", out, "--jobs", "2", timeout=600)
     assert again.returncode == 0, again.stderr
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+
+
+def test_a_smoke_suites_estimate_holds_within_2x_after_a_smoke_bench(tmp_path):
+    """The dry run's time for a smoke suite, after `mimbench bench --preset smoke` (whose rate
+    once replaced the one every estimate used), against the suite's measured wall time. The
+    ratio is printed; the bound is the issue's factor of 2, not a timing assertion."""
+    from mimbench.suites.estimate import estimate
+
+    assert run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "2").returncode == 0
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.replace("evals: [linear]", "evals: [linear, knn, finetune]"))
+    estimated = estimate(schema.load(str(path)).runs())["cpu_hours"] * 3600
+    started = time.perf_counter()
+    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
+    measured = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    print(f"smoke suite: estimated {estimated:.1f} s, measured {measured:.1f} s, "
+          f"ratio {measured / estimated:.2f}")
+    assert 0.5 <= measured / estimated <= 2.0
