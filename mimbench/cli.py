@@ -23,6 +23,7 @@ from mimbench import config as cfg
 from mimbench.allocator import keep_freed_memory
 from mimbench.errors import MimbenchError
 
+STARTED = time.perf_counter()  # when the command started (imports aside)
 console = Console(stderr=True)
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
@@ -247,8 +248,9 @@ def print_results(run, results: dict) -> None:
         table.add_row("target", results["target"]["name"])
         table.add_row("pre-training steps", str(pre["steps"]))
         table.add_row(f"final loss ({pre['loss']})", f"{pre['final_loss']:.4f}")
-        table.add_row("wall time", f"{pre['wall_time_s']:.1f} s")
-    for name, ev in results.get("evals", {}).items():
+        table.add_row("pre-training wall time", f"{pre['wall_time_s']:.1f} s")
+    evals = results.get("evals", {})
+    for name, ev in evals.items():
         for key, value in ev.items():
             if isinstance(value, float):
                 chance = ev.get("card", {}).get("chance")
@@ -256,6 +258,8 @@ def print_results(run, results: dict) -> None:
                 if ev.get("partial"):
                     note += f" PARTIAL: {ev['partial']}"
                 table.add_row(f"{name}.{key}", f"{value:.2f}{note}")
+    # the whole command: start-up, teacher builds and evaluations included
+    table.add_row("this command's wall time", f"{time.perf_counter() - STARTED:.1f} s")
     Console().print(table)
 
 
