@@ -131,9 +131,11 @@ def training(target, preset, config_file, overrides, out, resume, overwrite=Fals
         config = cfg.resolve(preset, config_file, target, data_overrides(data, overrides))
         path = out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with run_lock.holding(path) if is_main_process() else contextlib.nullcontext():
-        from mimbench.engine import open_run, pretrain  # torch and the models: once the config holds
+        from mimbench.engine import RunDir, open_run, pretrain  # torch and the models: once the config holds
 
-        run = open_run(path, resume=bool(resume), config=config, overwrite=overwrite)
+        # rank 0 alone checks and clears the directory; the other ranks only read it
+        run = (open_run(path, resume=bool(resume), config=config, overwrite=overwrite)
+               if is_main_process() else RunDir(path))
         config = config or cfg.from_dict(cfg.load_yaml(run.config))
         say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
         with reporter() as report:

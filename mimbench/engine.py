@@ -175,7 +175,9 @@ def open_run(out: str | Path, resume: bool, config: Config | None = None,
                                 f"check the path given to --resume.")
         return run
     saved = run.saved_config()
-    if overwrite or saved is None:
+    if saved is None:  # a new folder, or one holding no run: nothing of mimbench's to remove
+        return run
+    if overwrite:
         run.clear()
         return run
     changed = cfg.differing_keys(saved, config) if config is not None else []
