@@ -21,7 +21,7 @@ from rich.table import Table
 from mimbench import __version__
 from mimbench import config as cfg
 from mimbench.allocator import keep_freed_memory
-from mimbench.errors import MimbenchError
+from mimbench.errors import Interrupted, MimbenchError
 
 STARTED = time.perf_counter()  # when the command started (imports aside)
 console = Console(stderr=True)
@@ -116,7 +116,8 @@ def data_overrides(data: str | None, overrides: tuple[str, ...]) -> tuple[str, .
 
 
 @contextlib.contextmanager
-def training(target, preset, config_file, overrides, out, resume, overwrite=False, data=None):
+def training(target, preset, config_file, overrides, out, resume, overwrite=False, data=None,
+             command="pretrain"):
     """Resolve the run's config, take its directory and pre-train; yields (run, config,
     results) with the directory still held (rank 0), so that `run`'s evaluations follow under
     the same lock, taken before anything in the directory was read."""
@@ -139,7 +140,11 @@ def training(target, preset, config_file, overrides, out, resume, overwrite=Fals
         config = config or cfg.from_dict(cfg.load_yaml(run.config))
         say(f"run directory: [bold]{run.path}[/]  target: [bold]{config.target.name}[/]")
         with reporter() as report:
-            results = pretrain(config, run, report, say)
+            try:
+                results = pretrain(config, run, report, say)
+            except Interrupted as e:  # the hint names the command that was interrupted
+                raise Interrupted(str(e).replace("mimbench pretrain --resume",
+                                                 f"mimbench {command} --resume")) from None
         yield run, config, results
 
 
@@ -279,7 +284,8 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
     """Pre-train, then run the evaluations in run.evals; prints a results table."""
     from mimbench.evals import run_evals
 
-    with training(target, preset, config_file, overrides, out, resume, overwrite, data) as trained:
+    with training(target, preset, config_file, overrides, out, resume, overwrite, data,
+                  command="run") as trained:
         run_dir, config, results = trained
         if config.run.evals and is_main_process():  # evaluations run in rank 0 only
             with reporter() as report:

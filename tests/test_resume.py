@@ -128,3 +128,26 @@ def test_sigkill_between_pretraining_and_evaluation_resumes_to_the_same_numbers(
     for name in ("linear_probe", "finetune"):
         assert final["evals"][name]["top1"] == reference["evals"][name]["top1"], name
     assert final["pretrain"]["final_loss"] == reference["pretrain"]["final_loss"]
+
+
+def test_ctrl_c_during_run_names_run_resume_which_also_evaluates(tmp_path):
+    """The hint after Ctrl-C names the command that was interrupted: `run --resume` finishes
+    pre-training and then evaluates (`pretrain --resume` would skip the evaluations)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mimbench", "run", *ARGS[1:], "--set",
+                             "run.evals=[linear]", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while last_logged_step(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and f"continue with mimbench run --resume {out}" in stderr, stderr
+    resumed = run_cli("run", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "linear_probe" in json.loads((out / "results.json").read_text())["evals"]
