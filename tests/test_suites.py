@@ -459,7 +459,9 @@ def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_pat
     two workers stop (the training ones at a checkpoint), no queued run starts, the command
     ends with one sentence; the same command then finishes the suite."""
     path = tmp_path / "small.yaml"
-    path.write_text(SMALL.replace("optim.steps: 4", "optim.steps: 400\n  run.checkpoint_every: 10"))
+    # pixels runs of 3,000 steps (~30 s here), random rows of seconds: the fourth run can start
+    # only once a pixels run ends, long after the signal
+    path.write_text(SMALL.replace("optim.steps: 4", "optim.steps: 3000\n  run.checkpoint_every: 10"))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "mimbench", "suite", "run", str(path), "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
