@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import warnings
+import pickle
 from pathlib import Path
 
 import torch
@@ -37,10 +37,29 @@ def save_encoder(encoder: nn.Module, path: Path) -> None:
               metadata={"dall_e.Encoder": shape})
 
 
+def _pickled_encoder_classes() -> list[type]:
+    """The classes OpenAI's encoder.pkl (a whole pickled dall_e.Encoder) names; `torch.load`
+    with weights_only=True builds these and tensors, and refuses any other global, so loading a
+    pickle runs no code from the file (no published hash of encoder.pkl exists to check against)."""
+    import dall_e
+    from dall_e.encoder import EncoderBlock
+    from dall_e.utils import Conv2d
+
+    return [dall_e.Encoder, EncoderBlock, Conv2d, nn.Sequential, nn.ReLU, nn.MaxPool2d, nn.Identity]
+
+
+def _unexpected_globals(path) -> list[str]:
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in _pickled_encoder_classes()}
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+    except Exception:
+        return []
+
+
 def load_encoder(path) -> nn.Module:
     """A dall_e Encoder from a file: a safetensors state dict written by `save_encoder` (the
     in-project teachers; nothing is unpickled), or a whole pickled module as OpenAI's
-    encoder.pkl (pickles can run code: only the official file or a path the user named)."""
+    encoder.pkl, unpickled with an allowlist of dall_e's and torch's classes (no code runs)."""
     import dall_e
 
     if str(path).endswith(".safetensors"):
@@ -56,10 +75,15 @@ def load_encoder(path) -> nn.Module:
             raise WeightsUnavailableError(f"'{path}' is not a d-VAE encoder saved by mimbench "
                                           f"({e}); rebuild it with mimbench teachers build.") from None
         return encoder
-    warnings.warn(f"loading the pickled d-VAE encoder '{path}' with weights_only=False: only do "
-                  f"this for the official file or one you made yourself.", stacklevel=2)
     try:
-        encoder = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_pickled_encoder_classes()):
+            encoder = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        strangers = _unexpected_globals(path)
+        raise WeightsUnavailableError(
+            f"'{path}' is not an OpenAI-format d-VAE encoder pickle: it names "
+            f"{', '.join(strangers) or 'objects'} beyond dall_e's Encoder and torch's layers, and "
+            f"mimbench unpickles nothing else.") from None
     except Exception as e:
         raise WeightsUnavailableError(f"'{path}' is not a readable d-VAE encoder pickle ({e}); "
                                       f"rebuild it or download {OFFICIAL_URL} again.") from None

@@ -5,6 +5,7 @@ import open_clip
 import pytest
 import torch
 
+from mimbench.errors import WeightsUnavailableError
 from mimbench.targets import TargetSpec, build_target
 from mimbench.targets.clip import clip_target
 
@@ -83,12 +84,29 @@ def dvae_file(tmp_path_factory):
     return encoder, path
 
 
+class _WritesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")  # unpickling this creates the file
+
+
+def test_dvae_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """encoder.pkl is unpickled with an allowlist: a pickle naming anything else (here
+    open) is refused in one sentence, and what it names never runs."""
+    marker = tmp_path / "ran"
+    torch.save({"encoder": _WritesAFile(str(marker))}, tmp_path / "encoder.pkl")
+    with pytest.raises(WeightsUnavailableError, match="names io.open .* unpickles nothing else"):
+        build_target("dvae", weights=str(tmp_path / "encoder.pkl"))
+    assert not marker.exists()
+
+
 def test_dvae_target_equals_argmax_of_the_encoder(dvae_file):
     from dall_e import map_pixels
 
     encoder, path = dvae_file
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        target = build_target("dvae", weights=str(path))
+    target = build_target("dvae", weights=str(path))
     assert target.spec.input_size == 112 and target.spec.grid == (14, 14)
     assert target.spec.kind == "tokens" and target.spec.dim == 512 and target.spec.loss == "ce"
     view = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
