@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
 from mimbench.evals.lars import LARS
+from mimbench.fitting import fit
 from mimbench.lr_schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -74,19 +76,23 @@ def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
     steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     g = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(train_x), generator=g)
-        for i in range(steps_per_epoch):
-            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, warmup, lr)
-            head.train()
-            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
+
+    def epochs():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(train_x), generator=g)
+            for i in range(steps_per_epoch):
+                yield order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+
+    batches = epochs()
+
+    def loss_of(step: int) -> float:
+        batch = next(batches)
+        loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+        loss.backward()
+        return loss.item()
+
+    head.train()
+    fit(opt, loss_of, total, partial(lr_at, total=total, warmup=warmup, peak=lr))
     head.eval()
     with torch.no_grad():
         top1 = (head(val_x).argmax(1) == val_y).float().mean().item() * 100

@@ -1,13 +1,16 @@
-"""The one supervised loop that fine-tuning and segmentation share: layer-wise lr decay,
-AdamW without decay on norms/biases/embeddings, warmup then cosine or poly, progress."""
+"""What fine-tuning and segmentation share: layer-wise lr decay, AdamW without decay on
+norms/biases/embeddings, warmup then cosine or poly, batches in device-sized chunks, all
+through mimbench.fitting's one loop."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterator
 
 from torch import nn
 
 from mimbench.distributed import autocast, to_device
+from mimbench.fitting import fit
 from mimbench.lr_schedule import lr_at
 from mimbench.optim import adamw
 from mimbench.student import exempt_from_weight_decay
@@ -67,26 +70,22 @@ def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Call
     GPU in the references' distributed runs)."""
     optimizer = adamw(groups, lr=lr)
     device = next(model.parameters()).device  # batches come as CPU tensors and go where the model is
-    model.train()
-    losses = []
-    for step in range(steps):
-        rate = lr_at(step, steps, warmup, lr, decay=schedule, power=power)
-        for group in optimizer.param_groups:
-            group["lr"] = rate * group["lr_scale"]
+
+    def loss_of(step: int) -> float:
         batch = next(batches)
         size = len(batch[0])
         loss_sum = 0.0
-        optimizer.zero_grad(set_to_none=True)
         for start in range(0, size, device_batch or size):
             chunk = [to_device(t[start:start + (device_batch or size)], device) for t in batch]
             with autocast(device, amp):
                 loss = loss_fn(model, chunk) * (len(chunk[0]) / size)
             loss.backward()
             loss_sum += loss.item()
-        optimizer.step()
-        losses.append(loss_sum)
-        if progress:
-            progress(task, step + 1, steps, {"loss": losses[-1]})
+        return loss_sum
+
+    model.train()
+    rate_at = partial(lr_at, total=steps, warmup=warmup, peak=lr, decay=schedule, power=power)
+    losses = fit(optimizer, loss_of, steps, rate_at, progress, task)
     model.eval()
     return losses
 

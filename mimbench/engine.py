@@ -8,8 +8,6 @@ import json
 import logging
 import math
 import shutil
-import signal
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +27,7 @@ from mimbench.lr_schedule import lr_at
 from mimbench.losses import channel_moments, check_loss, standardize_channels, token_losses
 from mimbench.masking import build_masking
 from mimbench.optim import adamw
+from mimbench.stopping import StopRequest
 from mimbench.student import build_student, no_weight_decay_names
 from mimbench.trackers import Trackers
 from mimbench.target_cache import TargetCache, check_cache_fits, check_fixed_views
@@ -216,30 +215,6 @@ def batch_split(config: Config, world: distributed.World, saved: dict | None) ->
     if wanted is None or (saved and wanted == o.batch_size * o.accum_steps * world.size):
         return o.batch_size, o.accum_steps
     return split_batch(wanted, world.size, o.batch_size)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM while pre-training: the first asks the loop to stop after the step in
-    flight (then it checkpoints and says how to resume); a second one stops at once."""
-
-    def __init__(self):
-        self.asked = False
-        self._previous = {}
-
-    def _ask(self, signum, frame):
-        if self.asked:
-            raise KeyboardInterrupt
-        self.asked = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._ask)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,

@@ -32,6 +32,36 @@ def test_damaged_teacher_is_rebuilt(damage):
     assert new_report["sha256"] == report["sha256"]  # same config, same seed: the same teacher
 
 
+@pytest.mark.parametrize("name", ["clip-smoke", "dvae-smoke", "vqkd-smoke"])
+def test_ctrl_c_stops_a_teacher_build_which_then_resumes_to_the_same_weights(name, tmp_path, monkeypatch):
+    """The first Ctrl-C (a real SIGINT) stops a build after its step in flight and saves its
+    state, in one sentence, with no cache entry; the next build continues from the saved step
+    and gives the weights of a build never stopped (model, optimizer and both random streams
+    restored)."""
+    import signal
+
+    from mimbench.errors import Interrupted
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("MIMBENCH_HOME", str(tmp_path / "straight"))
+    _, straight = teachers.ensure(name)
+    monkeypatch.setenv("MIMBENCH_HOME", str(tmp_path / "stopped"))
+    task = f"teacher {name.split('-')[0]}"
+
+    def ctrl_c_after_step_1(task_, step, total, metrics):
+        if task_ == task and step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted, match=f"{task} stopped at step 1 of .*same command continues"):
+        teachers.ensure(name, ctrl_c_after_step_1)
+    assert not teachers.cached(name)
+    steps = []
+    _, resumed = teachers.ensure(name, lambda task_, step, total, m: steps.append(step) if task_ == task else None)
+    assert steps[0] == 2 and steps[-1] == teachers.get(name).config.steps
+    assert resumed["sha256"] == straight["sha256"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_tiny_dvae_loads_without_unpickling(monkeypatch):
     """The in-project d-VAE is a state dict: the target rebuilds dall_e.Encoder and loads it,
     with no full unpickling (torch.load is not called at all) and no warning; its tokens are

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ from mimbench.weights import cache_dir
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict], None]  # (task, step, total, metrics)
 PREFIX = "teacher:"
+FIT_STATE = "fit_state.pt"  # a build's training state (mimbench.fitting.Resumable), while unfinished
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,16 +129,18 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
             log.warning("teacher cache %s is incomplete, damaged or in an older format; "
                         "rebuilding it", folder)
             shutil.rmtree(folder)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
-            report = teacher.build(teacher.config, tmp, progress)
-            report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
-                       "version": teacher.version, "sha256": sha256(tmp / teacher.weights_file)}
-            (tmp / "report.json").write_text(json.dumps(report, indent=2))
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # an unfinished build (stopped by Ctrl-C, or killed) keeps its training state here,
+        # and the next build continues from it
+        unfinished = folder.with_name(folder.name + ".unfinished")
+        if rebuild:
+            shutil.rmtree(unfinished, ignore_errors=True)
+        unfinished.mkdir(exist_ok=True)
+        report = teacher.build(teacher.config, unfinished, progress)
+        report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
+                   "version": teacher.version, "sha256": sha256(unfinished / teacher.weights_file)}
+        (unfinished / "report.json").write_text(json.dumps(report, indent=2))
+        (unfinished / FIT_STATE).unlink(missing_ok=True)
+        unfinished.rename(folder)
     return folder, report
 
 

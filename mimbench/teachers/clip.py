@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from mimbench.data.world import SHAPES, World, describe
+from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
-from mimbench.teachers import Teacher
+from mimbench.teachers import FIT_STATE, Teacher
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,8 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
     images, scenes = _scenes("teacher", config.pairs, config)
     model = open_clip.CLIP(**config.model_cfg())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    model.train()
-    for step in range(config.steps):
-        # the ramp scales a cosine over the whole run (no warmup offset): the cached teacher
-        # and every figure built on it were trained with this shape
-        lr = min(1.0, (step + 1) / config.warmup_steps) * lr_at(step, config.steps, 0, config.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def loss_of(step: int) -> float:
         index = rng.choice(len(scenes), config.batch_size, replace=False)
         captions = [describe(scenes[i].objects, config.caption_drop, rng) for i in index]
         text = open_clip.tokenize(captions, context_length=config.context_length)  # [B, L]
@@ -84,15 +81,19 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
         logits = scale * image_features @ text_features.T  # [B, B]
         labels = torch.arange(len(index))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if progress:
-            progress("teacher clip", step + 1, config.steps, {"loss": loss.item()})
+        return loss.item()
 
+    # the ramp scales a cosine over the whole run (no warmup offset): the cached teacher and
+    # every figure built on it were trained with this shape
+    rate_at = partial(lr_at, total=config.steps, warmup=config.warmup_steps, peak=config.lr,
+                      ramp_over_decay=True)
+    model.train()
+    losses = fit(optimizer, loss_of, config.steps, rate_at, progress, "teacher clip",
+                 Resumable(folder / FIT_STATE, {"model": model}, rng))
     model.eval()
     report = evaluate(model, config)
-    report["final_loss"] = loss.item()
+    report["final_loss"] = losses[-1]
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config.model_cfg()}))
     save_file(model.state_dict(), folder / "open_clip_model.safetensors")
     return report

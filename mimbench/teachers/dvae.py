@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from mimbench.fitting import Resumable, fit
+from mimbench.lr_schedule import lr_at
 from mimbench.targets.dvae import map_pixels, save_encoder
-from mimbench.teachers import Teacher, world_images
+from mimbench.teachers import FIT_STATE, Teacher, world_images
 
 
 WEIGHTS = "encoder.safetensors"
@@ -64,7 +67,8 @@ def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
                              vocab_size=config.vocab_size).requires_grad_(True)
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    for step in range(config.steps):
+
+    def loss_of(step: int) -> float:
         tau = config.tau_start * (config.tau_end / config.tau_start) ** (step / max(1, config.steps - 1))
         x = random_crops(images[rng.choice(len(images), config.batch_size, replace=False)],
                          config.crop, rng).float() / 255  # [B, 3, crop, crop]
@@ -75,13 +79,12 @@ def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
         kl = (q * (q.clamp_min(1e-10).log() + math.log(config.vocab_size))).sum(1).mean()
         usage = q.mean((0, 2, 3))  # [K]
         usage_entropy = -(usage * usage.clamp_min(1e-10).log()).sum()
-        loss = recon_loss + config.kl_weight * kl - config.usage_weight * usage_entropy
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if progress:
-            progress("teacher dvae", step + 1, config.steps, {"loss": recon_loss.item()})
+        (recon_loss + config.kl_weight * kl - config.usage_weight * usage_entropy).backward()
+        return recon_loss.item()  # the reconstruction error is the figure to watch
 
+    fit(optimizer, loss_of, config.steps, partial(lr_at, total=config.steps, warmup=0, peak=config.lr,
+                                                  decay="constant"),
+        progress, "teacher dvae", Resumable(folder / FIT_STATE, {"encoder": encoder, "decoder": decoder}, rng))
     encoder.requires_grad_(False).eval()
     decoder.requires_grad_(False).eval()
     report = evaluate(encoder, decoder, config)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mimbench import teachers
+from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
 from mimbench.targets import build_target
 from mimbench.targets.vqkd import VQKD, reconstruction_loss
@@ -50,28 +52,27 @@ def shape_of(config: VQKDTeacherConfig, out_dim: int) -> dict:
 
 
 def build(config: VQKDTeacherConfig, folder: Path, progress=None) -> dict:
+    clip_folder, clip_report = teachers.ensure(config.teacher, progress)  # before seeding: a build draws
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    clip_folder, clip_report = teachers.ensure(config.teacher, progress)
     target = build_target("clip", **teachers.get(config.teacher).reference(clip_folder), layer=config.layer)
     images = teachers.world_images("teacher", config.images, config)
     model = VQKD(**shape_of(config, target.spec.dim), decay=config.decay)
     if model.grid != tuple(target.spec.grid):
         raise ValueError(f"the tokenizer's {model.grid} grid must be the teacher's {target.spec.grid}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=1e-4)  # BEiT v2's
-    model.train()
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.steps, config.warmup_steps, config.lr)
+
+    def loss_of(step: int) -> float:
         x = images[rng.choice(len(images), config.batch_size, replace=False)].float() / 255
         goal = target(x)  # [B, N, D] the teacher's features
         quantised, _, commitment = model.encode(x)
         loss = reconstruction_loss(model.decode(quantised), goal) + commitment
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if progress:
-            progress("teacher vqkd", step + 1, config.steps, {"loss": loss.item()})
+        return loss.item()
+
+    model.train()
+    fit(optimizer, loss_of, config.steps, partial(lr_at, total=config.steps, warmup=config.warmup_steps, peak=config.lr),
+        progress, "teacher vqkd", Resumable(folder / teachers.FIT_STATE, {"model": model}, rng))
     model.eval()
     report = evaluate(model, target, images, config)
     report["clip_teacher_sha256"] = clip_report["sha256"]
