@@ -364,7 +364,8 @@ def _pretrain(config: Config, run: RunDir, progress: ProgressFn | None,
     results = {"pretrain": {"steps": total, "final_loss": metrics["loss"], "loss": loss_name,
                             "wall_time_s": earlier + time.perf_counter() - started,  # all resumes
                             "world_size": world.size, **plan},
-               "target": {"name": config.target.name, **asdict(spec)},
+               "target": {"name": config.target.name, **asdict(spec),
+                          "teachers": teachers.used_by(config.target.options)},
                "config": cfg.to_dict(config), "identity": cfg.identity(config)}
     if world.is_main:
         run.write_results(results)

@@ -142,6 +142,44 @@ def test_concurrent_builders_share_one_build(tmp_path):
     assert str(built[0]) == folder
 
 
+def test_captions_name_the_shape_with_the_configured_probability():
+    """name=p: each object's shape word appears with probability p (binomial, 1,200+ objects),
+    otherwise the caption says 'object'; the other attributes are drawn as before."""
+    import numpy as np
+
+    from mimbench.data.world import SHAPES, World, describe
+
+    world = World("teacher", length=1000, image_size=32, cache=False)
+    objects = [world.scene(i).objects for i in range(1000)]
+    for p in (0.0, 0.25, 1.0):
+        rng = np.random.default_rng(0)
+        phrases = [phrase for objs in objects for phrase in describe(objs, 0.5, rng, p).split(" and ")]
+        named = np.mean([any(f" {shape}" in phrase for shape in SHAPES) for phrase in phrases])
+        assert len(phrases) >= 1000 and abs(named - p) < 4 * np.sqrt(p * (1 - p) / len(phrases)) + 1e-9
+        assert all(" object" in phrase for phrase in phrases if not any(s in phrase for s in SHAPES))
+
+
+def test_teacher_options_give_a_build_of_their_own(cli, tmp_path):
+    """'clip-smoke?name_probability=0' is the smoke CLIP trained on captions that never name the
+    shape: its own cache entry and weights, usable as a run's target.model; a mistyped option
+    gets one sentence."""
+    plain = teachers.ensure("clip-smoke")[1]
+    unnamed = teachers.ensure("clip-smoke?name_probability=0")[1]
+    assert unnamed["config"]["name_probability"] == 0 and unnamed["sha256"] != plain["sha256"]
+    env = {"MIMBENCH_HOME": str(teachers.cache_dir())}
+    run = cli("run", "--preset", "smoke", "--target", "clip", "--set",
+              "target.model=teacher:clip-smoke?name_probability=0", "--set", "run.evals=[linear]",
+              "--out", tmp_path / "run", env=env)
+    assert run.returncode == 0, run.stderr
+    used = json.loads((tmp_path / "run" / "results.json").read_text())["target"]["teachers"]
+    assert used == {"teacher:clip-smoke?name_probability=0": {
+        "folder": str(teachers.folder_for(teachers.get("clip-smoke?name_probability=0"))),
+        "sha256": unnamed["sha256"]}}
+    bad = cli("teachers", "build", "clip-smoke?name_probabilty=0", env=env)
+    assert bad.returncode == 2 and "did you mean 'name_probability'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_unknown_teacher():
     from mimbench.errors import ConfigError
 

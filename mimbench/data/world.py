@@ -53,18 +53,22 @@ class Scene:
         return describe(self.objects)
 
 
-def describe(objects: list[dict], drop: float = 0.0, rng: np.random.Generator | None = None) -> str:
+def describe(objects: list[dict], drop: float = 0.0, rng: np.random.Generator | None = None,
+             name: float = 1.0) -> str:
     """'a small red striped triangle at the top left and a large blue ring'. With `drop`, each
     attribute other than the shape is left out with that probability (a caption augmentation
-    that stops a CLIP teacher matching captions by colour and position alone)."""
+    that stops a CLIP teacher matching captions by colour and position alone). With `name` < 1
+    each shape is named with that probability and is otherwise called 'object', as alt-text
+    names an image's class only some of the time."""
     phrases = []
     for o in objects:
         keep = {k: drop == 0 or rng.random() >= drop for k in ("size", "colour", "texture", "where")}
+        named = name >= 1 or rng.random() < name  # no draw at 1: the captions' stream is unchanged
         words = ["a"]
         words += [o["size"]] if keep["size"] else []
         words += [o["colour"]] if keep["colour"] else []
         words += [o["texture"]] if keep["texture"] and o["texture"] != "plain" else []
-        words += [o["shape"]]
+        words += [o["shape"] if named else "object"]
         words += [o["where"]] if keep["where"] else []
         phrases.append(" ".join(words))
     return " and ".join(phrases)

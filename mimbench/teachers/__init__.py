@@ -101,12 +101,28 @@ def _intact(folder: Path, teacher: Teacher) -> bool:
         return False
 
 
-def get(name: str) -> Teacher:
+def get(reference: str) -> Teacher:
+    """A teacher by name, its config's fields changed by options after '?':
+    'clip?name_probability=0.25&seed=1' (a build of its own, cached under its own key)."""
+    name, _, options = reference.partition("?")
     teachers = _registry()
     if name not in teachers:
         raise ConfigError(f"unknown teacher '{name}'{did_you_mean(name, teachers)}; "
                           f"teachers are: {', '.join(teachers)}.")
-    return teachers[name]
+    teacher = teachers[name]
+    changes = {}
+    for option in filter(None, options.split("&")):
+        key, _, value = option.partition("=")
+        default = getattr(teacher.config, key, None)
+        if not isinstance(default, (int, float, str)) or isinstance(default, bool):
+            fields = [f.name for f in dataclasses.fields(teacher.config)]
+            raise ConfigError(f"teacher {name} has no number or text option '{key}'"
+                              f"{did_you_mean(key, fields)}; write '{name}?key=value&key=value'.")
+        try:
+            changes[key] = type(default)(value)
+        except ValueError:
+            raise ConfigError(f"teacher option {key}={value!r} is not a {type(default).__name__}.") from None
+    return dataclasses.replace(teacher, config=dataclasses.replace(teacher.config, **changes))
 
 
 def cached(name: str) -> bool:
@@ -153,4 +169,16 @@ def resolve_references(options: dict, progress: Progress | None = None) -> dict:
             folder, _ = ensure(name, progress)
             del out[key]
             out |= get(name).reference(folder)
+    return out
+
+
+def used_by(options: dict) -> dict:
+    """The built teachers that `options` refer to: reference -> its cache folder and weights'
+    SHA-256 (what a run's results record, so a number names the teacher it came from)."""
+    out = {}
+    for value in options.values():
+        if isinstance(value, str) and value.startswith(PREFIX):
+            folder = folder_for(get(value[len(PREFIX):]))
+            out[value] = {"folder": str(folder),
+                          "sha256": json.loads((folder / "report.json").read_text())["sha256"]}
     return out

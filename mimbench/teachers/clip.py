@@ -28,6 +28,7 @@ class ClipTeacherConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     caption_drop: float = 0.5  # each non-shape attribute left out with this probability
+    name_probability: float = 1.0  # each shape named in a caption with this probability (docs/teachers.md)
     embed_dim: int = 64
     width: int = 16
     layers: tuple[int, int, int, int] = (1, 1, 1, 1)
@@ -75,7 +76,8 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
 
     def loss_of(step: int) -> float:
         index = rng.choice(len(scenes), config.batch_size, replace=False)
-        captions = [describe(scenes[i].objects, config.caption_drop, rng) for i in index]
+        captions = [describe(scenes[i].objects, config.caption_drop, rng, config.name_probability)
+                    for i in index]
         text = open_clip.tokenize(captions, context_length=config.context_length)  # [B, L]
         image_features, text_features, scale = model(_normalise(images[index]), text)
         logits = scale * image_features @ text_features.T  # [B, B]
