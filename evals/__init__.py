@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mimbench import run_lock
+from mimbench import config as cfg, run_lock
 from mimbench.errors import ConfigError
 
 RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
@@ -27,7 +27,7 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     for a feature target's own network: frozen in the probes, trained by the others); merge
     their results into out/results.json and return that file's content. A run that stopped
     before its last step is refused unless `partial`; then each result says where it stopped."""
-    from mimbench.engine import RunDir
+    from mimbench.run_dir import RunDir
 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:
@@ -44,7 +44,7 @@ def _run(names, config, source: str, run, progress, preset, is_target: bool, par
 
     out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
-    trackers = Trackers(out, config, "evaluate")
+    trackers = Trackers(out, config.run.loggers, cfg.to_dict(config), "evaluate")
     try:
         _evaluate(names, config, source, run, progress, preset, is_target, results, trackers, partial)
     finally:

@@ -78,7 +78,7 @@ class TeacherView:
 def target_features(config, source: str) -> FrozenModel:
     """A feature target's own view of an image -> its per-patch features averaged: the teacher
     as a reference row."""
-    from mimbench.engine import build_target_for
+    from mimbench.targets.source import build_target_for
 
     provider = build_target_for(config)
     device = resolve_device(config.run.device)

@@ -17,7 +17,8 @@ from mimbench.errors import DataError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import (CentreView, FinetuneAugmentation, class_card, eval_splits,
                                  fingerprint, labelled_batches)
-from mimbench.evals.training import endless, param_groups, set_drop_path, train
+from mimbench.evals.training import endless, set_drop_path, train
+from mimbench.optim import param_groups
 
 REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
     "paper": {"mvp_300ep": 84.4, "beit_800ep": 83.2, "tolerance": 0.5, "dataset": "ImageNet-1k"},
@@ -57,8 +58,8 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
     encoder = per_block_rel_pos_bias(encoder)
     set_drop_path(encoder, cfg.drop_path)
     model = Classifier(encoder, classes).to(device)
-    groups = param_groups(model.encoder, nn.ModuleList([model.fc_norm, model.head]), cfg.weight_decay,
-                          cfg.layer_decay)
+    groups = param_groups(model.encoder, cfg.weight_decay, cfg.layer_decay,
+                          head=nn.ModuleList([model.fc_norm, model.head]))
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         from timm.data import Mixup

@@ -1,102 +1,20 @@
-"""Linear probing on frozen features: CLIP's L-BFGS logistic regression or MAE's BN + linear."""
+"""Linear probing on frozen features: CLIP's L-BFGS logistic regression or MAE's BN + linear
+(the heads: mimbench.evals.probe_heads)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from functools import partial
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
-from mimbench.evals.lars import LARS
-from mimbench.fitting import fit
-from mimbench.lr_schedule import lr_at
+from mimbench.evals.probe_heads import lbfgs_probe, mae_probe
 
 log = logging.getLogger(__name__)
 REFERENCES = {  # docs/protocols.md: ViT-B/16, ImageNet-1k
     "paper": {"mvp_300ep": 75.4, "beit_800ep": 56.7, "tolerance": 1.0, "dataset": "ImageNet-1k"},
 }
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_iter: int):
-    """Multinomial logistic regression by L-BFGS: minimise CE + l2 * ||W||^2. Returns (W, b)."""
-    w = torch.zeros(x.shape[1], classes, requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
-
-
-def choose_and_fit(train_x, train_y, classes, cfg, seed):
-    """CLIP's protocol: the L2 strength that does best on a held-out part of train, then a
-    refit on all of it. Returns (W, b, details)."""
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-    cut = int(len(order) * (1 - cfg.holdout))
-    fit, hold = order[:cut], order[cut:]
-    scores = {}
-    for l2 in cfg.regularisation:
-        w, b = fit_logistic(train_x[fit], train_y[fit], classes, l2, cfg.max_iter)
-        scores[l2] = ((train_x[hold] @ w + b).argmax(1) == train_y[hold]).float().mean().item()
-    best = max(scores, key=lambda l2: (scores[l2], l2))  # ties: the stronger regularisation
-    w, b = fit_logistic(train_x, train_y, classes, best, cfg.max_iter)
-    return w, b, {"chosen_regularisation": best, "holdout_accuracy": scores}
-
-
-def lbfgs_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
-    w, b, details = choose_and_fit(train_x, train_y, classes, cfg, seed)
-    top1 = ((val_x @ w + b).argmax(1) == val_y).float().mean().item() * 100
-    return top1, details
-
-
-def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
-    """MAE's protocol on cached features: BatchNorm without affine, a linear layer, LARS (or
-    SGD) with momentum 0.9, lr = base_lr * batch / 256, linear warmup then cosine, per step."""
-    torch.manual_seed(seed)
-    head = torch.nn.Sequential(torch.nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6),
-                               torch.nn.Linear(train_x.shape[1], classes))
-    torch.nn.init.trunc_normal_(head[1].weight, std=0.01)
-    torch.nn.init.zeros_(head[1].bias)
-    lr = cfg.base_lr * cfg.batch_size / 256
-    if cfg.optimizer == "lars":
-        opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=0.9)
-    else:
-        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    g = torch.Generator().manual_seed(seed)
-
-    def epochs():
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(train_x), generator=g)
-            for i in range(steps_per_epoch):
-                yield order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-
-    batches = epochs()
-
-    def loss_of(step: int) -> float:
-        batch = next(batches)
-        loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
-        loss.backward()
-        return loss.item()
-
-    head.train()
-    fit(opt, loss_of, total, partial(lr_at, total=total, warmup=warmup, peak=lr))
-    head.eval()
-    with torch.no_grad():
-        top1 = (head(val_x).argmax(1) == val_y).float().mean().item() * 100
-    return top1, {"lr": lr, "steps": total}
 
 
 def linear_probe(model: FrozenModel, config, cache: Path | None = None, progress=None,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mimbench.evals.data import fingerprint
 from mimbench.evals.features import FrozenModel
-from mimbench.evals.linear_probe import choose_and_fit
+from mimbench.evals.probe_heads import choose_and_fit
 from mimbench.evals.metrics import segmentation_metrics
 from mimbench.evals.segmentation import IGNORE, headline, segmentation_data
 

@@ -21,7 +21,8 @@ from mimbench.errors import ConfigError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
-from mimbench.evals.training import endless, param_groups, set_drop_path, train
+from mimbench.evals.training import endless, set_drop_path, train
+from mimbench.optim import param_groups
 
 IGNORE = 255
 REFERENCES = {  # docs/protocols.md: ADE20K mIoU, ViT-B/16, UperNet, single scale
@@ -212,8 +213,8 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     set_drop_path(encoder, cfg.drop_path)
     device = resolve_device(config.run.device)
     model = Segmenter(encoder, classes, cfg.channels, cfg.pool_scales, cfg.aux_channels).to(device)
-    groups = param_groups(model.encoder, nn.ModuleList([model.pyramid.necks, model.head, model.aux]),
-                          cfg.weight_decay, cfg.layer_decay)
+    groups = param_groups(model.encoder, cfg.weight_decay, cfg.layer_decay,
+                          head=nn.ModuleList([model.pyramid.necks, model.head, model.aux]))
     g = torch.Generator().manual_seed(config.run.seed)
 
     def epoch_batches(epoch):

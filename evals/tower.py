@@ -59,7 +59,7 @@ def target_tower(config) -> tuple[StageTower, str]:
     """A trainable copy of the network behind config.target, and its description for a card."""
     import open_clip
 
-    from mimbench.engine import build_target_for
+    from mimbench.targets.source import build_target_for
 
     provider = build_target_for(config)
     provider = getattr(provider, "provider", provider)  # a target resampled to the student's grid

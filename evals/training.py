@@ -13,7 +13,6 @@ from mimbench.distributed import autocast, to_device
 from mimbench.fitting import fit
 from mimbench.lr_schedule import lr_at
 from mimbench.optim import adamw
-from mimbench.student import exempt_from_weight_decay
 
 
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
@@ -28,34 +27,6 @@ def set_drop_path(encoder: nn.Module, rate: float) -> None:
         for name in ("drop_path1", "drop_path2", "drop_path"):
             if hasattr(block, name):
                 setattr(block, name, DropPath(p) if p > 0 else nn.Identity())
-
-
-def layer_id(name: str, depth: int) -> int:
-    """BEiT's rule (get_num_layer_for_vit): 0 for embeddings, i + 1 for block i, depth + 1 for
-    everything after the blocks and for BEiT's shared relative position bias."""
-    if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed", "reg_token")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def param_groups(encoder: nn.Module, head: nn.Module, weight_decay: float, layer_decay: float):
-    """AdamW groups: encoder layer l gets lr scale layer_decay ** (depth + 1 - l), head scale 1."""
-    depth = len(encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    named = [(n, p, layer_id(n, depth)) for n, p in encoder.named_parameters()]
-    named += [(f"head.{n}", p, depth + 1) for n, p in head.named_parameters()]
-    for name, param, lid in named:
-        if not param.requires_grad:
-            continue
-        no_decay = exempt_from_weight_decay(name, param)
-        key = (lid, no_decay)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": layer_decay ** (depth + 1 - lid)}
-        groups[key]["params"].append(param)
-    return list(groups.values())
 
 
 def train(model: nn.Module, groups: list[dict], batches: Iterator, loss_fn: Callable, steps: int,

@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimbench import config as cfg
-from mimbench import engine
+from mimbench.targets.source import build_target_for
 from mimbench.bench import BareReference, Step, build_step, matmul_peak, timed
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, crop_box
@@ -268,7 +268,7 @@ class StepParts:
         return self.step.student
 
     def mimbench_step(self, model: torch.nn.Module) -> None:
-        """One optimizer step as engine._pretrain takes it; `model` is the student or its
+        """One optimizer step as engine.train_loop takes it; `model` is the student or its
         torch.compile wrapper."""
         self.step(model)
 
@@ -460,7 +460,7 @@ def per_image_ms(config, spec, root: Path, count: int) -> dict:
 
 def section_data_cpu(mode: Mode, root: Path, record: dict) -> None:
     config = paper_config(mode, "pixels", root)
-    spec = engine.build_target_for(config).spec  # pixels: 224 px bicubic teacher view, no weights
+    spec = build_target_for(config).spec  # pixels: 224 px bicubic teacher view, no weights
     record["views"] = {"crop_scale": config.data.crop_scale, "hflip": config.data.hflip,
                        "color_jitter": config.data.color_jitter, "size": config.student.img_size,
                        "loader_batch": mode.loader_batch}

@@ -26,8 +26,9 @@ from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
 from mimbench.losses import check_loss
 from mimbench.masking import build_masking
-from mimbench.optim import adamw
+from mimbench.optim import adamw, pretraining_optimizer
 from mimbench.student import build_student
+from mimbench.targets.source import Targets, build_target_for
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -153,8 +154,8 @@ class Step:
     def __call__(self, model: torch.nn.Module | None = None) -> None:
         """engine.train_step + clipping + AdamW; `model`: the student (default) or a
         torch.compile wrapper of it."""
-        engine.train_step(self.student if model is None else model, self.provider, self.spec, [self.batch], self.loss,
-                          self.config, self.device)
+        engine.train_step(self.student if model is None else model, Targets(self.provider, self.config.target.name),
+                          [self.batch], self.loss, self.config, self.device)
         if self.config.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.optim.clip_grad)
         self.optimizer.step()
@@ -165,7 +166,7 @@ def build_step(config: Config, batch_size: int) -> Step:
     keep_freed_memory()  # as pre-training does, for both steps alike
     torch.manual_seed(0)
     _, device = distributed.init(config.run.device)
-    provider = engine.build_target_for(config)
+    provider = build_target_for(config)
     if isinstance(provider, torch.nn.Module):
         provider.to(device)
     spec = provider.spec
@@ -175,7 +176,7 @@ def build_step(config: Config, batch_size: int) -> Step:
     batch = {k: v.to(device) for k, v in batch.items()}
     student = build_student(config.student, spec).to(device)
     return Step(config, provider, spec, loss, batch, make_batch, student,
-                engine.build_optimizer(student, config), device)
+                pretraining_optimizer(student, config), device)
 
 
 def prepare(config: Config, batch_size: int | None = None) -> StepParts:

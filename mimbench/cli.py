@@ -132,7 +132,8 @@ def training(target, preset, config_file, overrides, out, resume, overwrite=Fals
         config = cfg.resolve(preset, config_file, target, data_overrides(data, overrides))
         path = out or f"runs/{config.target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with run_lock.holding(path) if is_main_process() else contextlib.nullcontext():
-        from mimbench.engine import RunDir, open_run, pretrain  # torch and the models: once the config holds
+        from mimbench.engine import pretrain  # torch and the models: once the config holds
+        from mimbench.run_dir import RunDir, open_run
 
         # rank 0 alone checks and clears the directory; the other ranks only read it
         run = (open_run(path, resume=bool(resume), config=config, overwrite=overwrite)
@@ -320,7 +321,7 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
     evaluation data and protocols) unless --preset or --set say otherwise."""
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
-    from mimbench.engine import RunDir
+    from mimbench.run_dir import RunDir
     from mimbench.evals import TARGET, run_evals
     from mimbench.evals.backbone import saved_config, saved_student
 

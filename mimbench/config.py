@@ -72,7 +72,7 @@ class TargetConfig:
     name: str = "clip"
     loss: Literal["cosine", "mse", "smooth_l1", "ce"] | None = None  # None: the target's default
     standardize: bool = True  # per-channel standardisation of feature targets over the batch
-    cache: bool = False  # compute each image's target once (fixed views only; mimbench.target_cache)
+    cache: bool = False  # compute each image's target once (fixed views only; mimbench.targets.source)
     options: dict = field(default_factory=dict)  # the target's own options (layer, weights, ...)
 
 

@@ -200,15 +200,3 @@ def mae_init(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def exempt_from_weight_decay(name: str, param: Tensor) -> bool:
-    """Biases, norms, position embeddings, relative position bias tables and tokens take no
-    weight decay, in pre-training and fine-tuning alike."""
-    return (param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
-            or "relative_position_bias_table" in name)
-
-
-def no_weight_decay_names(student: nn.Module) -> set[str]:
-    """The student's parameters exempt from weight decay."""
-    return {name for name, param in student.named_parameters() if exempt_from_weight_decay(name, param)}

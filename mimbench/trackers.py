@@ -82,15 +82,14 @@ class Wandb:
 class Trackers:
     """The trackers `run.loggers` names (jsonl is the run directory's own metrics file)."""
 
-    def __init__(self, path: Path, config, stage: str):
-        """stage: "pretrain" or "evaluate"."""
-        from mimbench.config import to_dict
-
-        check_installed(config.run.loggers)
-        path, values = Path(path), to_dict(config)
-        kinds = {"tensorboard": lambda: TensorBoard(path, values),
-                 "wandb": lambda: Wandb(path, values, stage)}
-        self.open = [kinds[name]() for name in config.run.loggers if name in kinds]
+    def __init__(self, path: Path, loggers, config: dict, stage: str):
+        """loggers: run.loggers; config: the run's config as a dict; stage: "pretrain" or
+        "evaluate"."""
+        check_installed(loggers)
+        path = Path(path)
+        kinds = {"tensorboard": lambda: TensorBoard(path, config),
+                 "wandb": lambda: Wandb(path, config, stage)}
+        self.open = [kinds[name]() for name in loggers if name in kinds]
 
     def scalars(self, step: int, values: dict) -> None:
         for tracker in self.open:

@@ -12,7 +12,8 @@ import torch
 from mimbench import checkpoint, config as cfg, run_lock
 from mimbench.data import build_dataset
 from mimbench.distributed import resolve_device
-from mimbench.engine import RunDir, schedule
+from mimbench.optim import schedule
+from mimbench.run_dir import RunDir
 from mimbench.evals.finetune import train_classifier
 from mimbench.student import build_encoder, student_weights
 

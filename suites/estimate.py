@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mimbench import config as cfg, teachers
 from mimbench.data import DATASETS, build_dataset
-from mimbench.engine import schedule
+from mimbench.optim import schedule
 from mimbench.errors import MimbenchError
 from mimbench.evals.finetune import finetune_steps
 from mimbench.evals.segmentation import Segmenter, segmentation_source

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimbench import checkpoint, engine
+from mimbench import checkpoint
 from mimbench import config as cfg
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMViews, sample_generator, student_input, teacher_input
 from mimbench.masking import build_masking
 from mimbench.student import build_student
+from mimbench.targets.source import build_target_for
 
 
 def to_rgb(values: torch.Tensor, tokens: bool, frame: tuple | None = None):
@@ -36,7 +37,7 @@ def to_rgb(values: torch.Tensor, tokens: bool, frame: tuple | None = None):
 def example(folder: Path, index: int = 0) -> dict:
     state = checkpoint.load_latest(folder)
     config = cfg.from_dict(state["config"])
-    provider = engine.build_target_for(config)
+    provider = build_target_for(config)
     spec = provider.spec
     student = build_student(config.student, spec)
     student.load_state_dict(state["student"])

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from mimbench import config as cfg, run_lock
-from mimbench.engine import RunDir, pretrain
+from mimbench.engine import pretrain
+from mimbench.run_dir import RunDir
 from mimbench.errors import ConfigError, Interrupted
 from mimbench.evals import RESULT_NAMES, run_evals
 from mimbench.suites.ceiling import train_supervised

@@ -6,13 +6,16 @@ import torch
 from mimbench import config as cfg, engine
 from mimbench.data.views import (STUDENT_MEAN, STUDENT_STD, MIMViews, StreamSampler, student_input,
                                   teacher_input)
-from mimbench.engine import RunDir, pretrain, schedule
+from mimbench.engine import pretrain
+from mimbench.optim import schedule
+from mimbench.run_dir import RunDir
 from mimbench.errors import ConfigError, TrainingDiverged
 from mimbench.masking import RandomMasking
 from mimbench.registry import Entry
 from mimbench.student import Student
 from mimbench.targets import TARGETS
 from mimbench.targets.pixels import PixelTarget
+from mimbench.targets.source import Targets
 from mimbench.testing import TargetContractError
 
 
@@ -176,13 +179,14 @@ def test_micro_batches_with_unequal_masked_counts_give_the_big_batch_gradient():
         mask = torch.zeros(2, 16, dtype=torch.bool)
         mask[:, torch.randperm(16, generator=g)[:hidden]] = True
         micro.append({"student": torch.randn(2, 32, 32, 3, generator=g),  # views are channels-last
-                      "teacher": torch.rand(2, 32, 32, 3, generator=g), "mask": mask})
+                      "teacher": torch.rand(2, 32, 32, 3, generator=g), "mask": mask,
+                      "index": torch.arange(2)})
     whole = [{k: torch.cat([m[k] for m in micro]) for k in micro[0]}]
     grads, losses = [], []
     for batches in (micro, whole):
         torch.manual_seed(0)
         student = Student(c.student, provider.spec)
-        losses.append(engine.train_step(student, provider, provider.spec, batches, "mse", c,
+        losses.append(engine.train_step(student, Targets(provider, "pixels"), batches, "mse", c,
                                         torch.device("cpu")))
         grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
@@ -220,7 +224,7 @@ def test_cached_targets_give_the_same_run_with_one_teacher_pass_per_image(tmp_pa
 
 
 def test_a_target_cache_too_big_for_memory_is_refused_before_training():
-    from mimbench.target_cache import check_cache_fits
+    from mimbench.targets.source import check_cache_fits
     from mimbench.targets.base import TargetSpec
 
     clip = TargetSpec("features", 128, (8, 8), 64)  # float32: 20,000 x 64 x 128 x 4 = 655 MB

@@ -7,9 +7,10 @@ import torch
 
 from mimbench import config as cfg
 from mimbench.evals.knn import knn_predict
-from mimbench.evals.linear_probe import lbfgs_probe, mae_probe
+from mimbench.evals.probe_heads import lbfgs_probe, mae_probe
 from mimbench.evals.segmentation import feature_blocks
-from mimbench.evals.training import param_groups, set_drop_path
+from mimbench.evals.training import set_drop_path
+from mimbench.optim import param_groups
 
 
 def separable(n=600, dim=16, classes=4, seed=0):
@@ -89,7 +90,7 @@ def test_layer_decay_scales():
 
     encoder = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=0)
     head = torch.nn.Linear(192, 2)
-    groups = param_groups(encoder, head, 0.05, 0.5)
+    groups = param_groups(encoder, 0.05, 0.5, head)
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scale_of[id(encoder.patch_embed.proj.weight)] == pytest.approx(0.5**4)
     assert scale_of[id(encoder.blocks[0].attn.qkv.weight)] == pytest.approx(0.5**3)
@@ -110,7 +111,7 @@ def test_layer_decay_groups_equal_timms_for_a_beit_encoder():
 
     encoder = timm.create_model("beit_base_patch16_224", img_size=32, depth=3, embed_dim=32,
                                 num_heads=2, num_classes=0)
-    ours = param_groups(encoder, torch.nn.Identity(), 0.05, 0.65)
+    ours = param_groups(encoder, 0.05, 0.65)
     theirs = param_groups_layer_decay(encoder, 0.05, encoder.no_weight_decay(), layer_decay=0.65)
     rule = lambda groups: {id(p): (pytest.approx(g["lr_scale"]), g["weight_decay"])  # noqa: E731
                            for g in groups for p in g["params"]}

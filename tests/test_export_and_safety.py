@@ -8,7 +8,8 @@ import torch
 
 from mimbench import checkpoint
 from mimbench import config as cfg
-from mimbench.engine import RunDir, pretrain
+from mimbench.engine import pretrain
+from mimbench.run_dir import RunDir
 from mimbench.errors import MimbenchError
 from mimbench.student import Student
 from mimbench.targets.pixels import PixelTarget

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mimbench import config as cfg
-from mimbench.engine import split_batch
+from mimbench.optim import split_batch
 from mimbench.errors import ConfigError
 from tests.conftest import run_cli, write_images
 

@@ -57,7 +57,8 @@ def test_every_built_in_target_keeps_the_contract(name, small_options):
 def test_every_built_in_target_pre_trains_an_mae_student(name, small_options, tmp_path):
     """The target contract is all a style needs: each target, unchanged, under the mae student."""
     from mimbench import config as cfg
-    from mimbench.engine import RunDir, pretrain
+    from mimbench.engine import pretrain
+    from mimbench.run_dir import RunDir
 
     config = cfg.resolve("smoke", target=name, overrides=("student.style=mae", "optim.steps=2"))
     config = cfg.check_options(cfg.apply(config, {"target": small_options.get(name, {})}))

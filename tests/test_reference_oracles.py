@@ -200,7 +200,7 @@ def test_mae_decoder_initialisation_is_maes():
 def test_layer_ids_follow_beit_get_num_layer_for_vit():
     """unilm beit/optim_factory.py get_num_layer_for_vit over every parameter of a timm BEiT
     with a shared relative position bias."""
-    from mimbench.evals.training import layer_id
+    from mimbench.optim import layer_id
 
     encoder = small_beit()
     depth = len(encoder.blocks)
@@ -215,7 +215,7 @@ def test_layer_ids_follow_beit_get_num_layer_for_vit():
 def test_layer_id_of_the_mask_token_is_the_embeddings():
     """unilm beit/optim_factory.py get_num_layer_for_vit: 'mask_token' is layer 0 with cls_token
     and pos_embed (a name only a pre-training model has; the rule names it)."""
-    from mimbench.evals.training import layer_id
+    from mimbench.optim import layer_id
 
     assert layer_id("mask_token", 12) == ref.beit_layer_id("mask_token", 12) == 0
 

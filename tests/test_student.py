@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from mimbench.config import StudentConfig
-from mimbench.student import Student, no_weight_decay_names
+from mimbench.optim import exempt_from_weight_decay, param_groups
+from mimbench.student import Student
 from mimbench.targets.base import TargetSpec
 
 SMALL = StudentConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -46,7 +47,7 @@ def test_token_head_and_timm_names():
 
 def test_weight_decay_exemptions():
     student = Student(SMALL, SPEC)
-    skip = no_weight_decay_names(student)
+    skip = {n for n, p in student.named_parameters() if exempt_from_weight_decay(n, p)}
     assert {"mask_token", "encoder.cls_token", "encoder.pos_embed", "encoder.blocks.0.norm1.weight",
             "head.bias"} <= skip
     assert "encoder.blocks.0.attn.qkv.weight" not in skip and "head.weight" not in skip
@@ -144,16 +145,16 @@ def test_pre_training_and_fine_tuning_exempt_the_same_tensors_from_weight_decay(
     """BEiT's student (shared relative position bias) as the paper preset builds it: the
     encoder tensors without weight decay are the same in pre-training's AdamW groups and in
     fine-tuning's layer-decay groups."""
-    from mimbench.evals.training import param_groups
-
     config = StudentConfig(model="beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32,
                            depth=2, num_heads=2, layer_scale=0.1, pos_embed="learn",
                            extra={"use_abs_pos_emb": True, "use_rel_pos_bias": False,
                                   "use_shared_rel_pos_bias": True})
     student = Student(config, SPEC)
-    pre = {n.removeprefix("encoder.") for n in no_weight_decay_names(student) if n.startswith("encoder.")}
+    names = {id(p): n for n, p in student.named_parameters()}
+    pre = {names[id(p)].removeprefix("encoder.") for g in param_groups(student, 0.05) if g["weight_decay"] == 0.0
+           for p in g["params"] if names[id(p)].startswith("encoder.")}
     names = {id(p): n for n, p in student.encoder.named_parameters()}
-    groups = param_groups(student.encoder, torch.nn.Linear(32, 8), weight_decay=0.05, layer_decay=0.65)
+    groups = param_groups(student.encoder, weight_decay=0.05, layer_decay=0.65, head=torch.nn.Linear(32, 8))
     fine = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"] if id(p) in names}
     assert pre == fine
     assert {"rel_pos_bias.relative_position_bias_table", "cls_token", "pos_embed",

@@ -323,7 +323,7 @@ def test_teacher_row_probes_the_targets_own_features(tmp_path):
     """The teacher row: the clip target's frozen features, pooled, in the probes (computed here
     by hand from the teacher), and its network fine-tuned in the trained evaluations."""
     from mimbench import config as cfg
-    from mimbench.engine import build_target_for
+    from mimbench.targets.source import build_target_for
     from mimbench.evals.data import eval_dataset
 
     path = tmp_path / "teacher.yaml"

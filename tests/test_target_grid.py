@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mimbench import config as cfg
-from mimbench.engine import build_target_for
+from mimbench.targets.source import build_target_for
 from mimbench.errors import ConfigError
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)

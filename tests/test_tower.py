@@ -4,7 +4,7 @@ import torch
 
 from mimbench import config as cfg
 from mimbench.data.views import resize_all, uint8_tensor
-from mimbench.engine import build_target_for
+from mimbench.targets.source import build_target_for
 from mimbench.evals.data import eval_dataset, student_batch
 from mimbench.evals.segmentation import segmentation
 from mimbench.evals.tower import target_tower

@@ -8,7 +8,8 @@ import pytest
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
 from mimbench.evals import run_evals
-from mimbench.engine import RunDir, pretrain
+from mimbench.engine import pretrain
+from mimbench.run_dir import RunDir
 
 SMOKE = ("optim.steps=4", "run.checkpoint_every=2", "run.evals=[linear]")
 

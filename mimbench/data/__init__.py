@@ -13,6 +13,9 @@ def build_dataset(name: str, **options):
     return DATASETS.get(name).factory(**options)
 
 
-from mimbench.data import ade20k, folder, world  # noqa: E402,F401  (registration)
+# Built-ins, imported when first used; plugins register through the entry point group.
+for _name, _value in {"ade20k": "mimbench.data.ade20k:ADE20K", "folder": "mimbench.data.folder:FolderDataset",
+                      "world": "mimbench.data.world:World"}.items():
+    DATASETS.register_lazily(_name, _value)
 
 __all__ = ["DATASETS", "build_dataset"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mimbench.data import DATASETS
 from mimbench.errors import DataError
 
 NUM_CLASSES = 150
@@ -22,7 +21,6 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return out
 
 
-@DATASETS.register("ade20k")
 class ADE20K:
     """root/images/<split>/*.jpg with root/annotations/<split>/*.png of the same name."""
 

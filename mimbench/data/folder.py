@@ -7,14 +7,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from mimbench.data import DATASETS
 from mimbench.errors import DataError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"}
 
 
-@DATASETS.register("folder")
 class FolderDataset:
     """root/<class>/<image> gives labelled images (classes sorted by name); images anywhere
     else make the whole folder unlabelled (label -1).

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mimbench.data import DATASETS
 from mimbench.errors import DataError
 from mimbench.weights import cache_dir
 
@@ -253,6 +252,3 @@ class World:
             on = ((xx % period) - period / 2) ** 2 + ((yy % period) - period / 2) ** 2 < (period / 4) ** 2
         shade = np.where(on[..., None], 0.55, 1.0)
         return (layer * shade).astype(np.uint8)
-
-
-DATASETS.register("world")(World)

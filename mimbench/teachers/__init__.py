@@ -12,65 +12,22 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock
 
 from mimbench.errors import ConfigError
 from mimbench.registry import did_you_mean
+from mimbench.teachers.base import FIT_STATE, Progress, Teacher, sha256
 from mimbench.weights import cache_dir
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict], None]  # (task, step, total, metrics)
 PREFIX = "teacher:"
-FIT_STATE = "fit_state.pt"  # a build's training state (mimbench.fitting.Resumable), while unfinished
-
-
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-    """How to train one teacher and how a target refers to the result."""
-
-    name: str
-    build: Callable  # (config, folder, progress) -> report dict; writes the files into folder
-    weights_file: str  # the file whose checksum guards the cache
-    reference: Callable[[Path], dict]  # folder -> the target options that load it
-    config: object  # a frozen dataclass; its hash names the cache folder
-    build_minutes: float  # wall minutes of one build on the 2-core reference machine (docs/teachers.md)
-    version: int = 1  # the build code's version: bumped whenever the build's code changes
-
-    @property
-    def parents(self) -> tuple[str, ...]:
-        """The teachers this one is built from (a VQ-KD tokenizer from its CLIP teacher)."""
-        parent = getattr(self.config, "teacher", None)
-        return (parent,) if parent else ()
 
 
 def _registry() -> dict[str, Teacher]:
     from mimbench.teachers import clip, dvae, vqkd
 
     return {t.name: t for t in (*clip.TEACHERS, *dvae.TEACHERS, *vqkd.TEACHERS)}
-
-
-def world_images(split: str, count: int, config):
-    """The first `count` scenes of a world split at the teacher config's image_size,
-    difficulty and seed: uint8 [P, 3, S, S]."""
-    import numpy as np
-    import torch
-
-    from mimbench.data.world import World
-
-    world = World(split, length=count, image_size=config.image_size,
-                  difficulty=config.difficulty, seed=config.seed, cache=False)
-    pixels = np.stack([world.scene(i).image for i in range(count)])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(teacher: Teacher) -> str | None:
@@ -134,9 +91,8 @@ def cached(name: str) -> bool:
 def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -> tuple[Path, dict]:
     """The folder of teacher `name`, built now if missing, changed or damaged; and its report."""
     teacher = get(name)
-    for parent in teacher.parents:  # first: their weights are part of this teacher's key
-        ensure(parent, progress)
-    folder = folder_for(teacher)
+    parents = {parent: ensure(parent, progress) for parent in teacher.parents}  # first: their
+    folder = folder_for(teacher)  # weights are part of this teacher's key
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.with_suffix(".lock")):  # one builder at a time; the others wait and reuse
         if not rebuild and _intact(folder, teacher):
@@ -151,9 +107,11 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
         if rebuild:
             shutil.rmtree(unfinished, ignore_errors=True)
         unfinished.mkdir(exist_ok=True)
-        report = teacher.build(teacher.config, unfinished, progress)
+        loads = {parent: get(parent).reference(built) for parent, (built, _) in parents.items()}
+        report = teacher.build(teacher.config, unfinished, progress, loads)
         report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
-                   "version": teacher.version, "sha256": sha256(unfinished / teacher.weights_file)}
+                   "version": teacher.version, "sha256": sha256(unfinished / teacher.weights_file),
+                   "built_from": {parent: made["sha256"] for parent, (_, made) in parents.items()}}
         (unfinished / "report.json").write_text(json.dumps(report, indent=2))
         (unfinished / FIT_STATE).unlink(missing_ok=True)
         unfinished.rename(folder)

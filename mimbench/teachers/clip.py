@@ -11,16 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mimbench.data.world import SHAPES, World, describe
+from mimbench.data.world import SHAPES, describe
 from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
-from mimbench.teachers import FIT_STATE, Teacher
+from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, world_scenes
 
 
 @dataclass(frozen=True)
-class ClipTeacherConfig:
-    image_size: int = 64
-    difficulty: int = 0
+class ClipTeacherConfig(WorldTeacherConfig):
     pairs: int = 20_000  # captioned scenes from the world's `teacher` split
     steps: int = 800
     batch_size: int = 128
@@ -38,7 +36,6 @@ class ClipTeacherConfig:
     text_heads: int = 4
     text_layers: int = 2
     eval_pairs: int = 1_000  # held-out scenes from the `val` split
-    seed: int = 0
 
     def model_cfg(self) -> dict:
         return {"embed_dim": self.embed_dim,
@@ -46,14 +43,6 @@ class ClipTeacherConfig:
                                "head_width": self.head_width, "image_size": self.image_size},
                 "text_cfg": {"context_length": self.context_length, "width": self.text_width,
                              "heads": self.text_heads, "layers": self.text_layers}}
-
-
-def _scenes(split: str, count: int, config: ClipTeacherConfig):
-    world = World(split, length=count, image_size=config.image_size,
-                  difficulty=config.difficulty, seed=config.seed, cache=False)
-    scenes = [world.scene(i) for i in range(count)]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)  # [P, 3, S, S]
-    return images, scenes
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
@@ -64,13 +53,13 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def build(config: ClipTeacherConfig, folder: Path, progress=None) -> dict:
+def build(config: ClipTeacherConfig, folder: Path, progress=None, parents=None) -> dict:
     import open_clip
     from safetensors.torch import save_file
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    images, scenes = _scenes("teacher", config.pairs, config)
+    images, scenes = world_scenes("teacher", config.pairs, config)
     model = open_clip.CLIP(**config.model_cfg())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -106,7 +95,7 @@ def evaluate(model, config: ClipTeacherConfig) -> dict:
     """Image->text retrieval among held-out captions and zero-shot shape classification."""
     import open_clip
 
-    images, scenes = _scenes("val", config.eval_pairs, config)
+    images, scenes = world_scenes("val", config.eval_pairs, config)
     captions = [s.caption for s in scenes]
     image_features = F.normalize(model.encode_image(_normalise(images)), dim=-1)  # [P, E]
     text = open_clip.tokenize(captions, context_length=config.context_length)
@@ -130,10 +119,10 @@ def probe_against_baselines(model, config: ClipTeacherConfig, stage: int = 2) ->
     import open_clip
 
     from mimbench.config import LinearProbeConfig
-    from mimbench.evals.linear_probe import lbfgs_probe
+    from mimbench.evals.probe_heads import lbfgs_probe
 
-    train_images, train_scenes = _scenes("train", 2 * config.eval_pairs, config)
-    val_images, val_scenes = _scenes("val", config.eval_pairs, config)
+    train_images, train_scenes = world_scenes("train", 2 * config.eval_pairs, config)
+    val_images, val_scenes = world_scenes("val", config.eval_pairs, config)
     train_y = torch.tensor([s.label for s in train_scenes])
     val_y = torch.tensor([s.label for s in val_scenes])
     torch.manual_seed(config.seed + 1)

@@ -15,16 +15,14 @@ from safetensors.torch import save_file
 from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
 from mimbench.targets.dvae import map_pixels, save_encoder
-from mimbench.teachers import FIT_STATE, Teacher, world_images
+from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, world_images
 
 
 WEIGHTS = "encoder.safetensors"
 
 
 @dataclass(frozen=True)
-class DVAETeacherConfig:
-    image_size: int = 64
-    difficulty: int = 0
+class DVAETeacherConfig(WorldTeacherConfig):
     images: int = 20_000  # scenes from the world's `teacher` split (captions unused)
     crop: int = 32  # train on random crops: 4x cheaper, and the encoder is convolutional
     steps: int = 400
@@ -38,7 +36,6 @@ class DVAETeacherConfig:
     kl_weight: float = 1e-4  # KL(q || uniform prior) per position, as DALL-E's stage one
     usage_weight: float = 0.01  # bonus for the entropy of the batch's code usage
     eval_images: int = 1_000
-    seed: int = 0
 
 
 def random_crops(images: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -55,7 +52,7 @@ def reconstruct(decoder, codes: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(decoder(codes)[:, :3])
 
 
-def build(config: DVAETeacherConfig, folder: Path, progress=None) -> dict:
+def build(config: DVAETeacherConfig, folder: Path, progress=None, parents=None) -> dict:
     import dall_e
 
     torch.manual_seed(config.seed)

@@ -12,22 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimbench import teachers
 from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
 from mimbench.targets import build_target
 from mimbench.targets.vqkd import VQKD, reconstruction_loss
+from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, world_images
 
 WEIGHTS = "vqkd.pth"  # a released-format checkpoint: {"model": state dict}, tensors only
 SHAPE = "shape.json"
 
 
 @dataclass(frozen=True)
-class VQKDTeacherConfig:
+class VQKDTeacherConfig(WorldTeacherConfig):
     teacher: str = "clip"  # the in-project teacher whose features the codes reconstruct
     layer: int = 2  # its stage: the one the tiny clip target regresses
-    image_size: int = 64
-    difficulty: int = 0
     images: int = 20_000  # scenes from the world's `teacher` split
     patch_size: int = 8  # 8x8 codes at 64 px: the tiny student's grid
     width: int = 64
@@ -42,7 +40,6 @@ class VQKDTeacherConfig:
     lr: float = 1e-3
     warmup_steps: int = 50
     eval_images: int = 1_000
-    seed: int = 0
 
 
 def shape_of(config: VQKDTeacherConfig, out_dim: int) -> dict:
@@ -51,12 +48,13 @@ def shape_of(config: VQKDTeacherConfig, out_dim: int) -> dict:
                 code_dim=config.code_dim, decoder_depth=config.decoder_depth, out_dim=out_dim)
 
 
-def build(config: VQKDTeacherConfig, folder: Path, progress=None) -> dict:
-    clip_folder, clip_report = teachers.ensure(config.teacher, progress)  # before seeding: a build draws
+def build(config: VQKDTeacherConfig, folder: Path, progress=None, parents=None) -> dict:
+    """parents: {config.teacher: the target options that load it} (mimbench.teachers.ensure
+    builds it first)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    target = build_target("clip", **teachers.get(config.teacher).reference(clip_folder), layer=config.layer)
-    images = teachers.world_images("teacher", config.images, config)
+    target = build_target("clip", **parents[config.teacher], layer=config.layer)
+    images = world_images("teacher", config.images, config)
     model = VQKD(**shape_of(config, target.spec.dim), decay=config.decay)
     if model.grid != tuple(target.spec.grid):
         raise ValueError(f"the tokenizer's {model.grid} grid must be the teacher's {target.spec.grid}")
@@ -72,10 +70,9 @@ def build(config: VQKDTeacherConfig, folder: Path, progress=None) -> dict:
 
     model.train()
     fit(optimizer, loss_of, config.steps, partial(lr_at, total=config.steps, warmup=config.warmup_steps, peak=config.lr),
-        progress, "teacher vqkd", Resumable(folder / teachers.FIT_STATE, {"model": model}, rng))
+        progress, "teacher vqkd", Resumable(folder / FIT_STATE, {"model": model}, rng))
     model.eval()
     report = evaluate(model, target, images, config)
-    report["clip_teacher_sha256"] = clip_report["sha256"]
     torch.save({"model": model.state_dict()}, folder / WEIGHTS)
     (folder / SHAPE).write_text(json.dumps(model.shape))
     return report
@@ -86,7 +83,7 @@ def evaluate(model: VQKD, target, train_images: torch.Tensor, config: VQKDTeache
     """On held-out `val` scenes: how well the codes reconstruct the teacher's features (mean
     cosine similarity per position) against the best constant guess (the teacher's mean
     feature over training images), and how the codebook is used."""
-    x = teachers.world_images("val", config.eval_images, config).float() / 255
+    x = world_images("val", config.eval_images, config).float() / 255
     goal = target(x)  # [P, N, D]
     quantised, ids, _ = model.encode(x)
     cosine = torch.nn.functional.cosine_similarity(model.decode(quantised), goal, dim=-1).mean().item()
@@ -105,8 +102,8 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    teachers.Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig(), 6.5),
-    teachers.Teacher("vqkd-smoke", build, WEIGHTS, reference,
+    Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig(), 6.5),
+    Teacher("vqkd-smoke", build, WEIGHTS, reference,
                      VQKDTeacherConfig(teacher="clip-smoke", image_size=32, images=128, width=32,
                                        codebook_size=64, steps=3, batch_size=8, warmup_steps=1,
                                        eval_images=32), 0.1),
