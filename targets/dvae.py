@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
+from mimbench.targets.frozen import FrozenTeacher
 from mimbench.weights import cache_dir, download_once, local_file
 
 OFFICIAL_URL = "https://cdn.openai.com/dall-e/encoder.pkl"
@@ -93,7 +94,7 @@ def load_encoder(path) -> nn.Module:
 
 
 @register_target("dvae", kind="tokens")
-class DVAETarget(nn.Module):
+class DVAETarget(FrozenTeacher):
     """DALL-E d-VAE token ids (BEiT).
 
     argmax(encoder(map_pixels(view))) of a dall_e Encoder, one token per 8x8 pixels.
@@ -112,17 +113,13 @@ class DVAETarget(nn.Module):
                 if weights == "official" else local_file(weights))
         if path is None:
             raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
-        self.encoder = load_encoder(path).requires_grad_(False)
+        self.encoder = load_encoder(path)
         size = input_size or DOWNSAMPLE * grid[0]
         side = size // DOWNSAMPLE
         self.spec = TargetSpec(kind="tokens", dim=self.encoder.vocab_size, grid=(side, side),
                                input_size=size, interpolation=interpolation, loss=loss)
-        self.train(False)
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # a teacher is always in eval mode
-
-    @torch.inference_mode()
-    def forward(self, view: Tensor) -> Tensor:
+    def teach(self, view: Tensor) -> Tensor:
         logits = self.encoder(map_pixels(view.float()))  # [B, vocab, h, w]
         return logits.argmax(1).flatten(1)  # [B, h*w] int64

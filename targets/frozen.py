@@ -1,4 +1,5 @@
-"""Per-patch features of a frozen network: what the `clip` and `timm` targets share."""
+"""Frozen teachers: the base every built-in provider is built on, and per-patch features of a
+frozen network (what the `clip` and `timm` targets share)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,29 @@ def block_index(layer: int, depth: int, name: str) -> int:
     return layer % depth
 
 
-class FrozenFeatures(nn.Module):
-    """Runs `extract` (image normalised with mean/std -> [B, N, D] tokens) on a frozen network.
+class FrozenTeacher(nn.Module):
+    """A provider that never trains: `teach(view)` runs under inference mode (no autograd
+    graph); after `freeze()` no parameter requires grad, and the module stays in eval mode
+    whatever the caller asks (`train()` changes nothing). Subclasses build their networks,
+    call `self.freeze()` at the end of __init__ and implement `teach`."""
 
-    The network stays in eval mode with no gradients whatever the caller does.
-    """
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, view: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.teach(view)
+
+    def teach(self, view: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class FrozenFeatures(FrozenTeacher):
+    """Runs `extract` (image normalised with mean/std -> [B, N, D] tokens) on a frozen network."""
 
     def __init__(self, network: nn.Module, extract: Callable[[Tensor], Tensor], spec: TargetSpec,
                  mean: Sequence[float], std: Sequence[float], normalize: str = "none"):
@@ -43,19 +62,15 @@ class FrozenFeatures(nn.Module):
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"target.normalize must be one of {', '.join(NORMALIZATIONS)}, "
                               f"not {normalize!r}.")
-        self.network = network.requires_grad_(False)
+        self.network = network
         self.extract = extract
         self.spec = spec
         self.normalize = normalize
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.train(False)
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # a teacher is always in eval mode
-
-    @torch.inference_mode()
-    def forward(self, view: Tensor) -> Tensor:
+    def teach(self, view: Tensor) -> Tensor:
         x = (view - self.mean) / self.std  # [B, 3, S, S]
         tokens = self.extract(x)  # [B, N, D]
         return normalize_tokens(tokens.float(), self.normalize)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
+from mimbench.targets.frozen import FrozenTeacher
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:
@@ -17,7 +17,7 @@ def patchify(images: Tensor, patch: int) -> Tensor:
 
 
 @register_target("pixels", kind="features")
-class PixelTarget:
+class PixelTarget(FrozenTeacher):
     """Raw pixels of each patch (MAE, SimMIM).
 
     RGB values in [0, 1]; with `normalize`, standardised per patch as MAE's norm_pix_loss
@@ -25,6 +25,7 @@ class PixelTarget:
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, normalize: bool = True,
                  loss: str = "mse"):
+        super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         side = img_size // patch_size
@@ -32,9 +33,9 @@ class PixelTarget:
         self.normalize = normalize
         self.spec = TargetSpec(kind="features", dim=3 * patch_size**2, grid=(side, side),
                                input_size=img_size, loss=loss)
+        self.freeze()
 
-    @torch.inference_mode()
-    def __call__(self, view: Tensor) -> Tensor:
+    def teach(self, view: Tensor) -> Tensor:
         x = patchify(view.float(), self.patch_size)  # [B, N, p*p*3]
         if self.normalize:
             mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True)

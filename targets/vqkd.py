@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
+from mimbench.targets.frozen import FrozenTeacher
 from mimbench.weights import cache_dir, download_once, local_file
 
 OFFICIAL_URL = ("https://conversationhub.blob.core.windows.net/beit-share-public/beitv2/"
@@ -186,7 +187,7 @@ def load_vqkd(path: Path, shape: dict) -> VQKD:
 
 
 @register_target("vqkd", kind="tokens")
-class VQKDTarget(nn.Module):
+class VQKDTarget(FrozenTeacher):
     """BEiT v2's VQ-KD token ids: the nearest code of each patch of the teacher view.
 
     weights: 'official' (downloads BEiT v2's released CLIP-distilled tokenizer once) or a local
@@ -217,12 +218,7 @@ class VQKDTarget(nn.Module):
         self.tokenizer = tokenizer
         self.spec = TargetSpec(kind="tokens", dim=shape["codebook_size"], grid=tokenizer.grid,
                                input_size=shape["img_size"], interpolation=interpolation, loss=loss)
-        self.requires_grad_(False)
-        self.train(False)
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # a teacher is always in eval mode
-
-    @torch.inference_mode()
-    def forward(self, view: Tensor) -> Tensor:
+    def teach(self, view: Tensor) -> Tensor:
         return self.tokenizer.encode(view.float())[1]  # [B, N] int64

@@ -77,5 +77,14 @@ def test_the_import_graph_has_no_circle():
 
 
 def test_the_walk_finds_a_circle_hidden_in_a_function(tmp_path):
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert circles(graph) == [["a", "b", "c"]]
+    """Imports inside functions, relative imports and names taken from a package all count."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("from . import c\n")
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n")
+    (tmp_path / "pkg" / "d.py").write_text("from pkg.a import f\n")
+    known = {f"pkg.{m}" for m in "abcd"} | {"pkg"}
+    graph = {m: imported(tmp_path / "pkg" / f"{m[4:]}.py", m, known) for m in known - {"pkg"}}
+    assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}, "pkg.d": {"pkg.a"}}
+    assert circles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
