@@ -8,6 +8,7 @@ results.json under evals.<name>.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from mimbench import config as cfg, run_lock
@@ -73,6 +74,7 @@ def _evaluate(names, config, source, run, progress, preset, is_target, results, 
                 encoder, description = target_tower(config)
             else:
                 encoder, description, stopped = load_backbone(source, config, partial)
+        started = time.perf_counter()
         if name in FROZEN_EVALS:
             model = frozen if is_target else student_features(encoder, config, description)
             if name == "seg_linear":
@@ -84,6 +86,7 @@ def _evaluate(names, config, source, run, progress, preset, is_target, results, 
             result = finetune(encoder, config, description, progress, preset)
         else:
             result = segmentation(encoder, config, description, progress, preset)
+        result["card"]["wall_time_s"] = time.perf_counter() - started
         if stopped:
             result["partial"] = stopped  # printed beside every number of this result
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result

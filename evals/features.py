@@ -154,8 +154,14 @@ def frozen_splits(model: FrozenModel, config, cache: Path | None, progress=None,
     return splits
 
 
-def probe_card(model: FrozenModel, config, splits: dict) -> dict:
-    """What a probe's card says about its model and data."""
-    return {"model": model.source, "features": model.features, "data": config.eval_data.name,
+def labelled_features(model: FrozenModel, config, cache: Path | None, progress, task: str):
+    """A probe's data: (train features [M, D], train labels [M], val features, val labels,
+    the number of classes the labels index, what the probe's card says of model and data)."""
+    splits = frozen_splits(model, config, cache, progress, task)
+    (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
+    classes = int(max(train_y.max(), val_y.max())) + 1
+    card = {"model": model.source, "features": model.features, "data": config.eval_data.name,
             **splits["classes"], **{split: {"options": getattr(config.eval_data, split), "size": splits[split][3],
-                       "fingerprint": splits[split][2]} for split in ("train", "val")}}
+                                            "fingerprint": splits[split][2]} for split in ("train", "val")},
+            "classes": classes, "chance": 100 / classes}
+    return train_x, train_y, val_x, val_y, classes, card

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +103,6 @@ def finetune_steps(cfg, train_size: int) -> int:
 
 
 def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
-    started = time.perf_counter()
     cfg = config.finetune
     train_set, val_set = eval_splits(config)
     size = input_size(encoder, config)
@@ -126,7 +124,7 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
             "val": {"options": config.eval_data.val, "size": len(val_set),
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
-            "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
+            "reference": REFERENCES.get(preset)}
     return {"top1": top1(model, val_set, size, config.optim.amp, config.eval_data.crop_pct,
                          config.eval_data.num_workers),
             "card": card}

@@ -5,14 +5,13 @@ weight exp(similarity / temperature). No training, no hyper-parameter fitted to 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mimbench.distributed import resolve_device
-from mimbench.evals.features import FrozenModel, frozen_splits, probe_card
+from mimbench.evals.features import FrozenModel, labelled_features
 
 CHUNK = 4096  # val and train rows compared at once: memory ~ CHUNK x (CHUNK + k) similarities
 
@@ -47,14 +46,11 @@ def knn_predict(train_x, train_y, val_x, classes: int, k: int, temperature: floa
 def knn_probe(model: FrozenModel, config, cache: Path | None = None, progress=None,
               preset: str | None = None) -> dict:
     """Top-1 of the weighted k-NN classifier; the result with its protocol card."""
-    started = time.perf_counter()
     cfg = config.knn
-    splits = frozen_splits(model, config, cache, progress, "k-NN probe")
-    (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
-    classes = int(max(train_y.max(), val_y.max())) + 1
+    train_x, train_y, val_x, val_y, classes, data_card = labelled_features(model, config, cache, progress,
+                                                                           "k-NN probe")
     predicted = knn_predict(train_x, train_y, val_x, classes, cfg.k, cfg.temperature,
                             device=resolve_device(config.run.device))
     top1 = (predicted == val_y).float().mean().item() * 100
-    card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(cfg), **probe_card(model, config, splits),
-            "classes": classes, "chance": 100 / classes, "wall_time_s": time.perf_counter() - started}
+    card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(cfg), **data_card}
     return {"top1": top1, "card": card}

@@ -8,7 +8,6 @@ student score well by learning segmentation in its own head: docs/results/search
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import torch
@@ -44,7 +43,6 @@ def _batches(dataset, model: FrozenModel):
 
 
 def segmentation_probe(model: FrozenModel, config, progress=None, preset: str | None = None) -> dict:
-    started = time.perf_counter()
     train_set, val_set = segmentation_data(config, "train"), segmentation_data(config, "val")
     classes = train_set.num_classes
     g = torch.Generator().manual_seed(config.run.seed)
@@ -82,5 +80,5 @@ def segmentation_probe(model: FrozenModel, config, progress=None, preset: str | 
                if k in ("regularisation", "holdout", "max_iter")}, **details,
             "train": {"size": len(train_set), "fingerprint": fingerprint(train_set, "seg-train", {})},
             "val": {"size": len(val_set), "fingerprint": fingerprint(val_set, "seg-val", {})},
-            "seed": config.run.seed, "wall_time_s": time.perf_counter() - started}
+            "seed": config.run.seed}
     return {**metrics, "card": card}

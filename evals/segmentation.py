@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import torch
@@ -201,7 +200,6 @@ def test_image(image, cfg) -> torch.Tensor:
 
 def segmentation(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
     """Fine-tune backbone + UperNet on the train split; mIoU on val at the labels' resolution."""
-    started = time.perf_counter()
     cfg = config.segmentation
     train_set, val_set = segmentation_data(config, "train"), segmentation_data(config, "val")
     classes = train_set.num_classes
@@ -262,5 +260,5 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
             "train": {"size": len(train_set), "fingerprint": fingerprint(train_set, "seg-train", {})},
             "val": {"size": len(val_set), "fingerprint": fingerprint(val_set, "seg-val", {})},
             "final_train_loss": losses[-1], "seed": config.run.seed,
-            "wall_time_s": time.perf_counter() - started, "reference": REFERENCES.get(preset)}
+            "reference": REFERENCES.get(preset)}
     return {**metrics, "card": card}

@@ -46,12 +46,12 @@ def patch_tokens(tower: nn.Module, x: Tensor) -> Tensor:
 
 
 def task_layer(cin: int, cout: int) -> nn.Sequential:
-    layer = nn.Sequential(nn.Linear(cin, cin), nn.Tanh(), nn.Linear(cin, cout))
-    for m in layer:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-    return layer
+    """BEiT v2's decode task layer, its linears initialised as BEiT v2's _init_weights does."""
+    first, last = nn.Linear(cin, cin), nn.Linear(cin, cout)
+    for linear in (first, last):
+        nn.init.trunc_normal_(linear.weight, std=0.02)
+        nn.init.zeros_(linear.bias)
+    return nn.Sequential(first, nn.Tanh(), last)
 
 
 class CodeTable(nn.Module):

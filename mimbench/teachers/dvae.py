@@ -25,12 +25,12 @@ WEIGHTS = "encoder.safetensors"
 class DVAETeacherConfig(WorldTeacherConfig):
     images: int = 20_000  # scenes from the world's `teacher` split (captions unused)
     crop: int = 32  # train on random crops: 4x cheaper, and the encoder is convolutional
+    n_hid: int = 64  # dall_e's Encoder and Decoder
+    n_blk_per_group: int = 1
+    vocab_size: int = 512
     steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
-    n_hid: int = 64
-    n_blk_per_group: int = 1
-    vocab_size: int = 512
     tau_start: float = 1.0  # gumbel-softmax temperature, annealed exponentially
     tau_end: float = 1 / 16
     kl_weight: float = 1e-4  # KL(q || uniform prior) per position, as DALL-E's stage one
