@@ -198,6 +198,32 @@ def test_image(image, cfg) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(resized), STUDENT_MEAN, STUDENT_STD)[None]
 
 
+def validate(model: nn.Module, val_set, classes: int, config, size: int, device, progress=None):
+    """The model's predicted label maps on the val split at the labels' resolution, and those
+    labels: whole images at the student's size in batches, or (segmentation.crop) sliding
+    windows over one keep-ratio image at a time."""
+    cfg = config.segmentation
+    preds, labels = [], []
+    window = max(1, cfg.batch_size) if cfg.crop is None else 1
+    for start in range(0, len(val_set), window):
+        items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
+        if cfg.crop is None:
+            images = student_batch([image for image, _ in items], size)
+        else:
+            images = test_image(items[0][0], cfg)
+        with autocast(device, config.optim.amp):
+            logits = predict(model, to_device(images, device), cfg.crop, cfg.stride, classes)
+        logits = logits.float().cpu()  # [b, classes, h, w]
+        for (_, label), logit in zip(items, logits):
+            label = np.asarray(label)
+            logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)
+            preds.append(logit[0].argmax(0).numpy())
+            labels.append(label)
+        if progress:
+            progress("segmentation val", len(preds), len(val_set), {})
+    return preds, labels
+
+
 def segmentation(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
     """Fine-tune backbone + UperNet on the train split; mIoU on val at the labels' resolution."""
     cfg = config.segmentation
@@ -231,24 +257,7 @@ def segmentation(encoder, config, source: str, progress=None, preset: str | None
     losses = train(model, groups, endless(epoch_batches), loss_fn, cfg.steps, cfg.lr,
                    cfg.warmup_steps, "poly", cfg.poly_power, progress, "segmentation",
                    amp=config.optim.amp, device_batch=cfg.device_batch)
-    preds, labels = [], []
-    window = max(1, cfg.batch_size) if cfg.crop is None else 1  # whole images go in batches
-    for start in range(0, len(val_set), window):
-        items = [val_set[i] for i in range(start, min(start + window, len(val_set)))]
-        if cfg.crop is None:  # whole images at the student's size
-            images = student_batch([image for image, _ in items], size)
-        else:  # one keep-ratio image, windows slide over it
-            images = test_image(items[0][0], cfg)
-        with autocast(device, config.optim.amp):
-            logits = predict(model, to_device(images, device), cfg.crop, cfg.stride, classes)
-        logits = logits.float().cpu()  # [b, classes, h, w]
-        for (_, label), logit in zip(items, logits):
-            label = np.asarray(label)
-            logit = F.interpolate(logit[None], size=label.shape, mode="bilinear", align_corners=False)
-            preds.append(logit[0].argmax(0).numpy())
-            labels.append(label)
-        if progress:
-            progress("segmentation val", len(preds), len(val_set), {})
+    preds, labels = validate(model, val_set, classes, config, size, device, progress)
     background = getattr(val_set, "background_class", None)
     metrics = segmentation_metrics(preds, labels, classes, IGNORE, background)
     card = {"protocol": "BEiT UperNet", **dataclasses.asdict(cfg),

@@ -64,7 +64,8 @@ def example(folder: Path, index: int = 0) -> dict:
             "kind": "token ids" if tokens else "features, PCA to RGB"}
 
 
-def draw(examples: dict[str, dict], path: Path) -> Path:
+def draw(examples: dict[str, dict]):
+    """The examples as a figure, a row per target: image, class mask, target, prediction."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(examples), 4, figsize=(8, 2.2 * len(examples)), squeeze=False)
@@ -77,7 +78,4 @@ def draw(examples: dict[str, dict], path: Path) -> Path:
             ax.imshow(picture, cmap=cmap, interpolation="nearest", **limits)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

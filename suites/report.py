@@ -180,78 +180,99 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
 
 
 def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) -> list[Path]:
+    """The report's figures: a bar chart per metric, the loss curves, example pictures and,
+    for a one-key grid, a curve per target along that key."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for metric in metrics:
-        data = groups([r for r in rows if not r["point"]] or rows, metric)
-        if not data:
-            continue
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(data)), 3.8))
-        for x, ((target, point), values) in enumerate(data.items()):
-            m, below, above = bar_extent(values)
-            ax.bar(x, m, yerr=[[below], [above]], capsize=4, color="tab:blue", alpha=0.75)
-            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)  # each seed
-        floor = [np.mean(v) for (t, p), v in data.items() if t == RANDOM_INIT]
-        if floor:
-            ax.axhline(floor[0], color="tab:red", linestyle="--", linewidth=1, label="random-init floor")
-            ax.legend(fontsize=7, loc="upper right")
-        labels = [target if point == "{}" else f"{target}\n{short_label(json.loads(point))}"
-                  for target, point in data]
-        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0,
-                      ha="right" if len(labels) > 5 else "center", fontsize=8)
-        ax.set_ylim(0, min(100.0, max(max(v) for v in data.values()) * 1.15 + 1))
-        ax.set_ylabel(f"{metric}, % (bar: mean, 95% CI; dots: seeds)", fontsize=8)
-        ax.set_title(f"{suite.name}: {metric}", fontsize=9)
-        written.append(_save(fig, out / f"bars_{metric.replace('.', '_')}.png"))
-    curves = defaultdict(list)  # target -> its runs: each target's loss has its own scale
-    for r in rows:
-        if r["loss_curve"]:
-            curves[r["target"]].append(r)
-    if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
-        for ax, (target, runs) in zip(axes[0], curves.items()):
-            for r in runs:
-                steps, losses = zip(*r["loss_curve"])
-                ax.plot(steps, losses, label=r["id"].removeprefix(f"{target}-"), linewidth=1)
-            ax.set_title(target)
-            ax.set_xlabel("step")
-            ax.legend(fontsize=6)
-        axes[0][0].set_ylabel("pre-training loss")
-        written.append(_save(fig, out / "loss_curves.png"))
+    written = [bars(suite, rows, metric, out) for metric in metrics]
+    written.append(loss_curves(rows, out))
     examples = {}
     for r in rows:
         if r["target"] not in examples and r["loss_curve"] and not r["point"]:
             examples[r["target"]] = picture.example(Path(r["folder"]))
     if examples:
-        written.append(picture.draw(examples, out / "examples.png"))
+        written.append(save(picture.draw(examples), out / "examples.png"))
     if isinstance(suite.grid, dict) and len(suite.grid) == 1:
-        key = next(iter(suite.grid))
-        for metric in metrics:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for target in suite.targets:
-                xs, ms, es = [], [], []
-                for value in suite.grid[key]:
-                    values = [r["metrics"][metric] for r in rows if r["target"] == target
-                              and r["point"].get(key) == value and metric in r["metrics"]]
-                    if values:
-                        m, low, _ = mean_ci(values)
-                        xs.append(str(value))
-                        ms.append(m)
-                        es.append(0 if math.isnan(low) else m - low)
-                if xs:
-                    ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label=target)
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-            ax.legend()
-            written.append(_save(fig, out / f"ablation_{metric.replace('.', '_')}.png"))
-    return written
+        written += [ablation(suite, rows, metric, out) for metric in metrics]
+    return [path for path in written if path]
 
 
-def _save(fig, path: Path) -> Path:
+def bars(suite: Suite, rows: list[dict], metric: str, out: Path) -> Path | None:
+    """Mean and 95% CI per target (and grid point), each seed a dot, the floor a dashed line."""
+    import matplotlib.pyplot as plt
+
+    data = groups([r for r in rows if not r["point"]] or rows, metric)
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(data)), 3.8))
+    for x, ((target, point), values) in enumerate(data.items()):
+        m, below, above = bar_extent(values)
+        ax.bar(x, m, yerr=[[below], [above]], capsize=4, color="tab:blue", alpha=0.75)
+        ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)  # each seed
+    floor = [np.mean(v) for (t, p), v in data.items() if t == RANDOM_INIT]
+    if floor:
+        ax.axhline(floor[0], color="tab:red", linestyle="--", linewidth=1, label="random-init floor")
+        ax.legend(fontsize=7, loc="upper right")
+    labels = [target if point == "{}" else f"{target}\n{short_label(json.loads(point))}"
+              for target, point in data]
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0,
+                  ha="right" if len(labels) > 5 else "center", fontsize=8)
+    ax.set_ylim(0, min(100.0, max(max(v) for v in data.values()) * 1.15 + 1))
+    ax.set_ylabel(f"{metric}, % (bar: mean, 95% CI; dots: seeds)", fontsize=8)
+    ax.set_title(f"{suite.name}: {metric}", fontsize=9)
+    return save(fig, out / f"bars_{metric.replace('.', '_')}.png")
+
+
+def loss_curves(rows: list[dict], out: Path) -> Path | None:
+    """Each target's pre-training loss against the step, one panel per target (each loss has
+    its own scale), a line per run."""
+    import matplotlib.pyplot as plt
+
+    curves = defaultdict(list)
+    for r in rows:
+        if r["loss_curve"]:
+            curves[r["target"]].append(r)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
+    for ax, (target, runs) in zip(axes[0], curves.items()):
+        for r in runs:
+            steps, losses = zip(*r["loss_curve"])
+            ax.plot(steps, losses, label=r["id"].removeprefix(f"{target}-"), linewidth=1)
+        ax.set_title(target)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("pre-training loss")
+    return save(fig, out / "loss_curves.png")
+
+
+def ablation(suite: Suite, rows: list[dict], metric: str, out: Path) -> Path:
+    """A one-key grid: each target's mean and 95% CI at each value of the key."""
+    import matplotlib.pyplot as plt
+
+    key = next(iter(suite.grid))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for target in suite.targets:
+        xs, ms, es = [], [], []
+        for value in suite.grid[key]:
+            values = [r["metrics"][metric] for r in rows if r["target"] == target
+                      and r["point"].get(key) == value and metric in r["metrics"]]
+            if values:
+                m, low, _ = mean_ci(values)
+                xs.append(str(value))
+                ms.append(m)
+                es.append(0 if math.isnan(low) else m - low)
+        if xs:
+            ax.errorbar(xs, ms, yerr=es, marker="o", capsize=3, label=target)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.legend()
+    return save(fig, out / f"ablation_{metric.replace('.', '_')}.png")
+
+
+def save(fig, path: Path) -> Path:
+    """Write a figure (110 dpi) and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt

@@ -151,72 +151,89 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
         if keys and notify:
             notify(f"{runs[i].id}: saved under another config ({', '.join(keys[:4])}"
                    f"{' ...' if len(keys) > 4 else ''}); running it afresh")
-    done = 0
-
-    def finished(i: int, reused: bool) -> None:
-        nonlocal done
-        done += 1
-        if notify:
-            notify(f"[{done}/{len(runs)}] {runs[i].id}" + (": finished earlier, reused" if reused else ""))
-        if progress:
-            progress("suite", done, len(runs), {})
-
+    tally = Tally([spec.id for spec in runs], progress, notify)
     for i in range(len(runs)):
         if i not in todo:
-            finished(i, reused=True)
+            tally.finished(i, reused=True)
     if cluster and todo:
-        executor = cluster.executor_for(out / "submitit")
-        submitted = {}
-        for i in todo:
-            job = executor.submit(run_one, runs[i], folders[i], suite.preset)
-            submitted[job] = i
-            if notify:
-                notify(f"submitted {runs[i].id} as job {job.job_id}")
-        import submitit
-
-        for job in submitit.helpers.as_completed(list(submitted)):
-            job.result()  # a failed job stops the suite with its error; finished runs are kept
-            finished(submitted[job], reused=False)
+        _on_cluster(cluster.executor_for(out / "submitit"), runs, folders, todo, suite.preset, tally, notify)
     elif jobs == 1:
         for i in todo:
             if notify:
                 notify(f"running {runs[i].id}")
             run_one(runs[i], folders[i], suite.preset, progress)
-            finished(i, reused=False)
+            tally.finished(i, reused=False)
     elif todo:
-        threads = max(1, torch.get_num_threads() // jobs)
-        context = multiprocessing.get_context("spawn")
-        updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
-        stop = context.Event()
-        pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                   initargs=(threads, updates, stop))
         # seed by seed, so that runs of different targets (and teachers) train side by side
         todo.sort(key=lambda i: suite.seeds.index(runs[i].seed))
-        try:
-            pending = {pool.submit(_run_in_worker, runs[i], folders[i], suite.preset,
-                                   functools.partial(_relay, runs[i].id)): i for i in todo}
-            while pending:
-                ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                _show(updates, progress)
-                for future in ended:
-                    future.result()  # a failed run stops the suite; finished ones are kept
-                    finished(pending.pop(future), reused=False)
-        except (KeyboardInterrupt, Interrupted):
-            # Ctrl-C reaches the whole process group: the running runs checkpoint and stop by
-            # themselves; no worker may start another
-            stop.set()
-            pool.shutdown(cancel_futures=True)
-            raise Interrupted("the suite stopped: its running runs saved a checkpoint and no "
-                              "other run was started; run the same command again to continue.") from None
-        finally:
-            stop.set()
-            pool.shutdown(cancel_futures=True)
+        _in_processes(jobs, runs, folders, todo, suite.preset, tally, progress)
     base = cfg.resolve(suite.preset)
     rows = []
     for spec, folder in zip(runs, folders):  # a shared reference run: one row at each of its points
         one = row(spec, folder, _read(folder / RESULTS), base)
         rows += [{**one, "point": point, "shared": len(spec.points) > 1} for point in spec.points]
     return rows
+
+
+class Tally:
+    """Counts finished runs and says so: '[3/12] clip-s1', and the suite's progress bar."""
+
+    def __init__(self, ids: list[str], progress=None, notify=None):
+        self.ids, self.progress, self.notify, self.done = ids, progress, notify, 0
+
+    def finished(self, i: int, reused: bool) -> None:
+        self.done += 1
+        if self.notify:
+            self.notify(f"[{self.done}/{len(self.ids)}] {self.ids[i]}" + (": finished earlier, reused" if reused else ""))
+        if self.progress:
+            self.progress("suite", self.done, len(self.ids), {})
+
+
+def _on_cluster(executor, runs, folders, todo, preset, tally: Tally, notify) -> None:
+    """Each run a submitit job; waits for them all. A failed job stops the suite with its
+    error; finished runs are kept."""
+    import submitit
+
+    submitted = {}
+    for i in todo:
+        job = executor.submit(run_one, runs[i], folders[i], preset)
+        submitted[job] = i
+        if notify:
+            notify(f"submitted {runs[i].id} as job {job.job_id}")
+    for job in submitit.helpers.as_completed(list(submitted)):
+        job.result()
+        tally.finished(submitted[job], reused=False)
+
+
+def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress) -> None:
+    """`jobs` runs at once, each in a spawned process with this machine's threads shared out.
+    A failed run stops the suite (finished ones are kept); Ctrl-C stops it, the running runs
+    checkpointed, and no worker starts another."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
+    stop = context.Event()
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                               initargs=(threads, updates, stop))
+    try:
+        pending = {pool.submit(_run_in_worker, runs[i], folders[i], preset,
+                               functools.partial(_relay, runs[i].id)): i for i in todo}
+        while pending:
+            ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _show(updates, progress)
+            for future in ended:
+                future.result()
+                tally.finished(pending.pop(future), reused=False)
+    except (KeyboardInterrupt, Interrupted):
+        # Ctrl-C reaches the whole process group: the running runs checkpoint and stop by
+        # themselves
+        stop.set()
+        pool.shutdown(cancel_futures=True)
+        raise Interrupted("the suite stopped: its running runs saved a checkpoint and no "
+                          "other run was started; run the same command again to continue.") from None
+    finally:
+        stop.set()
+        pool.shutdown(cancel_futures=True)
 
 
 def _show(updates: multiprocessing.Queue, progress) -> None:

@@ -183,7 +183,6 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
     (section.key=value) are added to its `set:` for every run; the suite's name then says so
     (name-smoke, name-set<hash>), so its folder and report are its own."""
     from mimbench.evals import RESULT_NAMES
-    from mimbench.targets import TARGETS
 
     path = locate(name_or_path)
     try:
@@ -196,50 +195,20 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
         if key not in KEYS:
             raise ConfigError(f"unknown suite key '{key}'{did_you_mean(key, KEYS)} in '{path}'; "
                               f"keys are: {', '.join(sorted(KEYS))}.")
-    targets = _list(data, "targets")
-    known = [*TARGETS.names(), *BASELINES]
-    for target in targets:
-        if target not in known:
-            raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "
-                              f"'{path}'; targets are: {', '.join(known)}.")
+    targets = _targets(data, path)
     seeds = _list(data, "seeds", [0])
     if not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"suite seeds must be integers, not {seeds!r}.")
-    grid = data.get("grid") or {}
-    if isinstance(grid, list):  # explicit points, e.g. [{}, {student.img_size: 64, ...}]
-        if not all(isinstance(p, dict) for p in grid):
-            raise ConfigError(f"a suite 'grid' list must hold mappings of config keys to values "
-                              f"({{}} is the preset's defaults), not {grid!r}.")
-        grid = tuple(tuple(p.items()) for p in grid)
-    elif isinstance(grid, dict):
-        for key in grid:
-            _list(grid, key)
-        grid = {k: tuple(v) for k, v in grid.items()}
-    else:
-        raise ConfigError(f"suite 'grid' must map config keys to lists of values, or list points, "
-                          f"not {grid!r}.")
+    grid = _grid(data.get("grid") or {})
     evals = _list(data, "evals", list(RESULT_NAMES))
-    compare = data.get("compare") or []
-    pairs = [compare] if compare and all(isinstance(t, str) for t in compare) else compare
-    if not isinstance(pairs, list) or any(not isinstance(p, list) or len(p) != 2
-                                          or any(t not in targets for t in p) for p in pairs):
-        raise ConfigError(f"suite 'compare' must name two of its targets, or list such pairs "
-                          f"(e.g. [[clip, dvae], [clip, random]]), not {compare!r}.")
+    pairs = _pairs(data.get("compare") or [], targets)
     expect = tuple(_expectation(e, targets) for e in data.get("expect") or [])
     name, settings = str(data.get("name", path.stem)), dict(data.get("set") or {})
     if preset is not None and preset != data.get("preset", "tiny"):
         name = f"{name}-{preset}"
         expect = ()  # a suite's expectations are its own preset's published figures
     if overrides:
-        for text in overrides:
-            keys, value = cfg.split_override(text)
-            if len(keys) != 2 or ".".join(keys) == "run.seed":
-                raise ConfigError(f"suite override '{text}' must look like section.key=value, and "
-                                  f"not set run.seed (the suite's seeds: list sets it).")
-            if ".".join(keys) == "run.evals":  # what the suite's evals: list sets
-                evals = _list({"evals": value}, "evals")
-            else:
-                settings[".".join(keys)] = value
+        evals = _apply_overrides(overrides, settings, evals)
         name = f"{name}-set{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:6]}"
     for evaluation in evals:
         if evaluation not in RESULT_NAMES:
@@ -253,6 +222,60 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
                   teacher_set=dict(data.get("teacher_set") or {}))
     suite.runs()  # resolves every config: unknown keys and bad values fail here
     return suite
+
+
+def _targets(data: dict, path: Path) -> list:
+    from mimbench.targets import TARGETS
+
+    targets = _list(data, "targets")
+    known = [*TARGETS.names(), *BASELINES]
+    for target in targets:
+        if target not in known:
+            raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "
+                              f"'{path}'; targets are: {', '.join(known)}.")
+    return targets
+
+
+def _grid(grid):
+    """A suite's grid: {key: values} (their product) or a list of points, as tuples."""
+    if isinstance(grid, list):  # explicit points, e.g. [{}, {student.img_size: 64, ...}]
+        if not all(isinstance(p, dict) for p in grid):
+            raise ConfigError(f"a suite 'grid' list must hold mappings of config keys to values "
+                              f"({{}} is the preset's defaults), not {grid!r}.")
+        grid = tuple(tuple(p.items()) for p in grid)
+    elif isinstance(grid, dict):
+        for key in grid:
+            _list(grid, key)
+        grid = {k: tuple(v) for k, v in grid.items()}
+    else:
+        raise ConfigError(f"suite 'grid' must map config keys to lists of values, or list points, "
+                          f"not {grid!r}.")
+    return grid
+
+
+def _pairs(compare, targets: list) -> list:
+    """The suite's compared pairs: [a, b] or a list of such pairs, each of its targets."""
+    pairs = [compare] if compare and all(isinstance(t, str) for t in compare) else compare
+    if not isinstance(pairs, list) or any(not isinstance(p, list) or len(p) != 2
+                                          or any(t not in targets for t in p) for p in pairs):
+        raise ConfigError(f"suite 'compare' must name two of its targets, or list such pairs "
+                          f"(e.g. [[clip, dvae], [clip, random]]), not {compare!r}.")
+    return pairs
+
+
+def _apply_overrides(overrides: tuple[str, ...], settings: dict, evals: list) -> list:
+    """Add section.key=value overrides to the suite's `set:` (run.evals replaces its evals,
+    returned); run.seed is the suite's seeds' to set."""
+    for text in overrides:
+        keys, value = cfg.split_override(text)
+        if len(keys) != 2 or ".".join(keys) == "run.seed":
+            raise ConfigError(f"suite override '{text}' must look like section.key=value, and "
+                              f"not set run.seed (the suite's seeds: list sets it).")
+        if ".".join(keys) == "run.evals":  # what the suite's evals: list sets
+            evals = _list({"evals": value}, "evals")
+        else:
+            settings[".".join(keys)] = value
+    return evals
 
 
 def _expectation(entry: Any, targets: list) -> Expectation:
