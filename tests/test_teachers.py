@@ -32,7 +32,7 @@ def test_damaged_teacher_is_rebuilt(damage):
     assert new_report["sha256"] == report["sha256"]  # same config, same seed: the same teacher
 
 
-@pytest.mark.parametrize("name", ["clip-smoke", "dvae-smoke", "vqkd-smoke"])
+@pytest.mark.parametrize("name", ["clip-smoke", "supervised-smoke", "dvae-smoke", "vqkd-smoke"])
 def test_ctrl_c_stops_a_teacher_build_which_then_resumes_to_the_same_weights(name, tmp_path, monkeypatch):
     """The first Ctrl-C (a real SIGINT) stops a build after its step in flight and saves its
     state, in one sentence, with no cache entry; the next build continues from the saved step

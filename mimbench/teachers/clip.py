@@ -53,7 +53,12 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def build(config: ClipTeacherConfig, folder: Path, progress=None, parents=None) -> dict:
+def build(config: ClipTeacherConfig, folder: Path, progress=None, parents=None,
+          supervised: bool = False) -> dict:
+    """Train the tiny CLIP contrastively on captioned world scenes. With `labels`, the
+    supervised teacher instead: the same image tower and a linear classifier on its embedding,
+    trained by cross-entropy on the scenes' shape labels (the evaluation's classes), on the
+    same scenes, steps, batch and schedule; its text tower keeps its initial weights."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -61,10 +66,20 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None, parents=None) 
     rng = np.random.default_rng(config.seed)
     images, scenes = world_scenes("teacher", config.pairs, config)
     model = open_clip.CLIP(**config.model_cfg())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    modules = {"model": model}
+    if supervised:
+        modules["classifier"] = torch.nn.Linear(config.embed_dim, len(SHAPES))
+        shapes = torch.tensor([s.label for s in scenes])
+    params = [p for module in modules.values() for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def loss_of(step: int) -> float:
         index = rng.choice(len(scenes), config.batch_size, replace=False)
+        if supervised:
+            logits = modules["classifier"](model.encode_image(_normalise(images[index])))  # [B, C]
+            loss = F.cross_entropy(logits, shapes[index])
+            loss.backward()
+            return loss.item()
         captions = [describe(scenes[i].objects, config.caption_drop, rng, config.name_probability)
                     for i in index]
         text = open_clip.tokenize(captions, context_length=config.context_length)  # [B, L]
@@ -80,8 +95,9 @@ def build(config: ClipTeacherConfig, folder: Path, progress=None, parents=None) 
     rate_at = partial(lr_at, total=config.steps, warmup=config.warmup_steps, peak=config.lr,
                       ramp_over_decay=True)
     model.train()
-    losses = fit(optimizer, loss_of, config.steps, rate_at, progress, "teacher clip",
-                 Resumable(folder / FIT_STATE, {"model": model}, rng))
+    losses = fit(optimizer, loss_of, config.steps, rate_at, progress,
+                 "teacher supervised" if supervised else "teacher clip",
+                 Resumable(folder / FIT_STATE, modules, rng))
     model.eval()
     report = evaluate(model, config)
     report["final_loss"] = losses[-1]
@@ -153,9 +169,13 @@ def reference(folder: Path) -> dict:
     return {"model": f"local-dir:{folder}", "weights": None}
 
 
+SMOKE = ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32, warmup_steps=1, eval_pairs=64)
 TEACHERS = [
     Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig(), 10.7),
-    Teacher("clip-smoke", build, "open_clip_model.safetensors", reference,
-            ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32, warmup_steps=1,
-                              eval_pairs=64), 0.1),
+    Teacher("clip-smoke", build, "open_clip_model.safetensors", reference, SMOKE, 0.1),
+    # the control: the same tower told the labels (target.model=teacher:supervised)
+    Teacher("supervised", partial(build, supervised=True), "open_clip_model.safetensors", reference,
+            ClipTeacherConfig(), 10.7),
+    Teacher("supervised-smoke", partial(build, supervised=True), "open_clip_model.safetensors", reference,
+            SMOKE, 0.1),
 ]
