@@ -331,15 +331,11 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
     # --data's keys, then the user's --set
     overrides = data_overrides(data, (f"run.evals=[{evaluation}]", *overrides))
     if saved is not None and preset is None:
-        if config_file:
-            saved = cfg.to_dict(cfg.apply(cfg.from_dict(saved), cfg.load_yaml(config_file)))
-        config = cfg.resolve_saved(saved, tuple(overrides))
-    else:
-        config = cfg.resolve(preset or "tiny", config_file, target=target, overrides=tuple(overrides))
+        config = cfg.resolve(config_file=config_file, overrides=tuple(overrides), saved=saved)
+    else:  # a checkpoint under another preset: evaluated at the shape it was trained at
         student = checkpoint_path and saved_student(checkpoint_path)
-        if student:  # evaluate with the shape the model was trained at, --set student.* on top
-            config = cfg.apply(config, {"student": student})
-            config = cfg.with_overrides(config, tuple(o for o in overrides if o.startswith("student.")))
+        config = cfg.resolve(preset or "tiny", config_file, target, tuple(overrides),
+                             settings={"student": student} if student else None)
     if out is None and checkpoint_path and Path(checkpoint_path).is_dir():
         digest = hashlib.sha256(json.dumps(cfg.to_dict(config), sort_keys=True).encode()).hexdigest()
         out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"

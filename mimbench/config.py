@@ -461,7 +461,18 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(preset: str = "tiny", config_file: str | Path | None = None, target: str | None = None,
-            overrides: tuple[str, ...] = ()) -> Config:
+            overrides: tuple[str, ...] = (), settings: dict | None = None, saved: dict | None = None) -> Config:
+    """The one way a config is made (run, pretrain, eval, suites, bench). Layers, later over
+    earlier: the preset's defaults, or a `saved` run's config.yaml; a config file; `settings`
+    (nested section -> key -> value: a suite's set:, grid point and seed, or the shape a
+    checkpoint was trained at); --set `overrides`. The run's target is the last --set
+    target.name, else `target`, else the file's, else the preset's; its preset defaults and the
+    student style's masking fill the keys nobody set. Every value is checked."""
+    if saved is not None:  # a run's own config: its defaults were filled when it was made
+        config = from_dict(saved)
+        if config_file is not None:
+            config = apply(config, load_yaml(config_file))
+        return with_overrides(apply(config, settings or {}), overrides)
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, PRESETS)}; "
                           f"presets are: {', '.join(PRESETS)}.")
@@ -470,11 +481,11 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
     from_file = load_yaml(config_file) if config_file is not None else {}
     file_target = from_file.get("target") or {}
     parsed = [parse_override(o) for o in overrides]
+    layers = [from_file, settings or {}, *parsed]
 
-    def set_keys(section: str) -> set[str]:  # the keys of `section` that --set gives
-        return {key for p in parsed for key in p.get(section, {})}
+    def set_keys(section: str) -> set[str]:  # the keys of `section` that some layer gives
+        return {key for layer in layers for key in (layer.get(section) or {})}
 
-    # the run's target: the last --set target.name, else --target, else the file's, else the preset's
     names = [p["target"]["name"] for p in parsed if "name" in p.get("target", {})]
     name = names[-1] if names else target or file_target.get("name") or config.target.name
     # a file's target keys without a name apply to the run's target; with another name they
@@ -486,12 +497,10 @@ def resolve(preset: str = "tiny", config_file: str | Path | None = None, target:
                           f"drop --target (or target.name), or the file's target section.")
     config = apply(config, {"target": {"name": name}})  # before the file: options follow the name
     config = apply(config, {**from_file, "target": options})
-    chosen = set(options) | set_keys("target")
     defaults = TARGET_DEFAULTS.get(preset, {}).get(name, {})
-    config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in chosen}})
-    config = with_overrides(config, overrides)
-    chosen = set(from_file.get("mask") or {}) | set_keys("mask")  # the mask keys the user set
-    return with_style_masking(config, chosen)
+    config = apply(config, {"target": {k: v for k, v in defaults.items() if k not in set_keys("target")}})
+    config = with_overrides(apply(config, settings or {}), overrides)
+    return with_style_masking(config, set_keys("mask"))
 
 
 # Per student style: the masking it is trained with unless the file or --set chose one.
@@ -507,11 +516,6 @@ def with_style_masking(config: Config, chosen: set[str]) -> Config:
     config = apply(config, {"mask": {k: v for k, v in masking.items() if k not in chosen}})
     check_values(config)
     return config
-
-
-def resolve_saved(saved: dict, overrides: tuple[str, ...] = ()) -> Config:
-    """A run's saved config (config.yaml) with --set overrides on top."""
-    return with_overrides(from_dict(saved), overrides)
 
 
 def with_overrides(config: Config, overrides: tuple[str, ...]) -> Config:

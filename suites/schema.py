@@ -108,11 +108,9 @@ class Suite:
                 for seed in self.seeds:
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
                                    SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
-                    config = cfg.resolve(self.preset, target=base_target)
                     own = self.teacher_set if target == TEACHER else {}
                     chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
-                    config = cfg.check_options(cfg.apply(config, chosen))
-                    config = cfg.with_style_masking(config, set(chosen.get("mask", {})))
+                    config = cfg.resolve(self.preset, target=base_target, settings=chosen)
                     label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
                     run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
                     runs.append(RunSpec(run_id, target, seed, point, config, tuple(stands_for)))
