@@ -19,13 +19,13 @@ RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
 
 
 FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen features only
-TARGET = "target:"  # a source naming a target: its own network is evaluated (evals.tower)
 
 
-def run_evals(names, config, source: str, out: Path, progress=None, preset: str | None = None,
+def run_evals(names, config, source, out: Path, progress=None, preset: str | None = None,
               partial: bool = False) -> dict:
-    """Run evaluations `names` on `source` (run dir, checkpoint, timm:<name>, or target:<name>
-    for a feature target's own network: frozen in the probes, trained by the others); merge
+    """Run evaluations `names` on `source` (an evals.source.ModelSource: a run, checkpoint,
+    exported folder, timm:<name>, or target:<name> for a feature target's own network: frozen
+    in the probes, trained by the others); merge
     their results into out/results.json and return that file's content. A run that stopped
     before its last step is refused unless `partial`; then each result says where it stopped."""
     from mimbench.run_dir import RunDir
@@ -33,28 +33,26 @@ def run_evals(names, config, source: str, out: Path, progress=None, preset: str 
     unknown = [n for n in names if n not in RESULT_NAMES]
     if unknown:
         raise ConfigError(f"unknown evaluation '{unknown[0]}'; available: {', '.join(RESULT_NAMES)}.")
-    is_target = source.startswith(TARGET)
     run = RunDir(out)
     with run_lock.released_after(run.path):
         run_lock.hold(run.path)  # before any work: a second writer is refused, not raced
-        return _run(names, config, source, run, progress, preset, is_target, partial)
+        return _run(names, config, source, run, progress, preset, partial)
 
 
-def _run(names, config, source: str, run, progress, preset, is_target: bool, partial: bool) -> dict:
+def _run(names, config, source, run, progress, preset, partial: bool) -> dict:
     from mimbench.trackers import Trackers
 
     out = run.path
     results = json.loads(run.results.read_text()) if run.results.exists() else {}
     trackers = Trackers(out, config.run.loggers, cfg.to_dict(config), "evaluate")
     try:
-        _evaluate(names, config, source, run, progress, preset, is_target, results, trackers, partial)
+        _evaluate(names, config, source, run, progress, preset, results, trackers, partial)
     finally:
         trackers.close()
     return results
 
 
-def _evaluate(names, config, source, run, progress, preset, is_target, results, trackers,
-              partial: bool) -> None:
+def _evaluate(names, config, source, run, progress, preset, results, trackers, partial: bool) -> None:
     from mimbench.evals.backbone import load_backbone
     from mimbench.evals.features import student_features, target_features
     from mimbench.evals.finetune import finetune
@@ -66,7 +64,8 @@ def _evaluate(names, config, source, run, progress, preset, is_target, results, 
 
     out = run.path
     step = results.get("pretrain", {}).get("steps", 0)  # evaluations sit at the run's last step
-    frozen = target_features(config, source) if is_target and set(names) & set(FROZEN_EVALS) else None
+    is_target = source.kind == "target"
+    frozen = target_features(config, source.text) if is_target and set(names) & set(FROZEN_EVALS) else None
     stopped = None
     for name in names:
         if name not in FROZEN_EVALS or not is_target:  # fresh: fine-tuning changes it

@@ -12,6 +12,7 @@ from torch import nn
 
 from mimbench import checkpoint, config as cfg
 from mimbench.errors import ConfigError, MimbenchError
+from mimbench.evals.source import ModelSource
 from mimbench.student import build_encoder, trained_encoder
 
 
@@ -21,28 +22,24 @@ def unfinished(state: dict) -> str | None:
     return f"step {state['step']} of {total}" if total and state["step"] < total else None
 
 
-def load_backbone(source: str, config: cfg.Config,
+def load_backbone(source: ModelSource, config: cfg.Config,
                   partial: bool = False) -> tuple[nn.Module, str, str | None]:
-    """The timm encoder named by `source`, a description for the protocol card, and where an
-    unfinished run stopped ('step 3 of 6'; None for a finished run or another source). An
-    unfinished run is refused unless `partial`.
-
-    source: a run directory or checkpoint file (the student's encoder, MIM head dropped), an
-    exported folder (timm local-dir);
-    'timm:<name>' (that timm architecture with the config's student shape, random init,
-    e.g. 'timm:random' for the student's own architecture: the random-init floor).
-    """
-    if source.startswith("timm:"):
-        name = source[len("timm:"):]
+    """The timm encoder `source` names (a run's or checkpoint's student encoder, its MIM head
+    dropped; an exported folder; a timm architecture at the config's student shape, random
+    init), a description for the protocol card, and where an unfinished run stopped ('step 3
+    of 6'; None for a finished run or another source). An unfinished run is refused unless
+    `partial`."""
+    if source.kind == "timm":
+        name = source.name
         student = config.student if name == "random" else dataclasses.replace(config.student, model=name)
         torch.manual_seed(config.run.seed)
         return build_encoder(student), f"random init {student.model}", None
-    path = Path(source)
-    if (path / "config.json").exists():  # an exported folder
+    if source.kind == "exported":
+        path = source.name
         return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}", None
-    if not path.exists():
-        raise ConfigError(f"'{source}' is neither a run directory, a checkpoint nor timm:<name>.")
-    encoder, state = trained_encoder(path)
+    if not source.trained:
+        raise ConfigError(f"{source.text} is not a backbone to load (evals.tower builds a target's).")
+    encoder, state = trained_encoder(Path(source.name))
     stopped = unfinished(state)
     if stopped and not partial:
         raise MimbenchError(f"'{source}' stopped at {stopped}: its pre-training is unfinished. "
@@ -52,26 +49,25 @@ def load_backbone(source: str, config: cfg.Config,
     return encoder, f"{source} ({at})", stopped
 
 
-def saved_config(source: str) -> dict | None:
+def saved_config(source: ModelSource) -> dict | None:
     """The whole config `source` was trained with (a run directory's config.yaml, or the one a
     checkpoint file carries); None for other sources."""
-    path = Path(source)
-    if (path / "config.yaml").exists():
+    path = Path(source.name)
+    if source.kind == "run" and (path / "config.yaml").exists():
         return cfg.load_yaml(path / "config.yaml")
-    if path.is_file():
+    if source.kind == "checkpoint":
         return checkpoint.load(path)["config"]
     return None
 
 
-def saved_student(source: str) -> dict | None:
+def saved_student(source: ModelSource) -> dict | None:
     """The student section `source` was trained with: from its saved config, or the
     architecture an exported folder's config.json records; None for other sources."""
     saved = saved_config(source)
     if saved is not None:
         return saved["student"]
-    path = Path(source)
-    if (path / "config.json").exists():
-        exported = json.loads((path / "config.json").read_text())
+    if source.kind == "exported":
+        exported = json.loads((Path(source.name) / "config.json").read_text())
         args = exported["model_args"]
         size = args["img_size"]
         return {"model": exported["architecture"], "img_size": size if isinstance(size, int) else size[0],

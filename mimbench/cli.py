@@ -290,8 +290,10 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
         run_dir, config, results = trained
         if config.run.evals and is_main_process():  # evaluations run in rank 0 only
             with reporter() as report:
-                results = run_evals(config.run.evals, config, str(run_dir.path), run_dir.path,
-                                    report, config.run.preset)  # a resumed run's own preset
+                from mimbench.evals.source import ModelSource
+
+                results = run_evals(config.run.evals, config, ModelSource("run", str(run_dir.path), str(run_dir.path)),
+                                    run_dir.path, report, config.run.preset)  # a resumed run's own preset
     print_results(run_dir, results)
 
 
@@ -322,26 +324,28 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
     if bool(checkpoint_path) == bool(model):
         raise MimbenchError("give exactly one of --checkpoint and --model.")
     from mimbench.run_dir import RunDir
-    from mimbench.evals import TARGET, run_evals
+    from mimbench.evals import run_evals
     from mimbench.evals.backbone import saved_config, saved_student
+    from mimbench.evals.source import ModelSource
 
-    target = model.removeprefix(TARGET) if model and model.startswith(TARGET) else None
-    saved = saved_config(checkpoint_path) if checkpoint_path else None
+    source = ModelSource.parse(checkpoint_path or model)
+    target = source.name if source.kind == "target" else None
+    saved = saved_config(source) if checkpoint_path else None
     # exactly the evaluation asked (a folder without label maps is fine for a probe), then
     # --data's keys, then the user's --set
     overrides = data_overrides(data, (f"run.evals=[{evaluation}]", *overrides))
     if saved is not None and preset is None:
         config = cfg.resolve(config_file=config_file, overrides=tuple(overrides), saved=saved)
     else:  # a checkpoint under another preset: evaluated at the shape it was trained at
-        student = checkpoint_path and saved_student(checkpoint_path)
+        student = checkpoint_path and saved_student(source)
         config = cfg.resolve(preset or "tiny", config_file, target, tuple(overrides),
                              settings={"student": student} if student else None)
-    if out is None and checkpoint_path and Path(checkpoint_path).is_dir():
+    if out is None and source.kind == "run":
         digest = hashlib.sha256(json.dumps(cfg.to_dict(config), sort_keys=True).encode()).hexdigest()
         out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"
     out = Path(out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     with reporter() as report:
-        results = run_evals([evaluation], config, checkpoint_path or model, out, report,
+        results = run_evals([evaluation], config, source, out, report,
                             config.run.preset, partial=partial)
     print_results(RunDir(out), results)
 

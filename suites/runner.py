@@ -18,6 +18,7 @@ from mimbench.engine import pretrain
 from mimbench.run_dir import RunDir
 from mimbench.errors import ConfigError, Interrupted
 from mimbench.evals import RESULT_NAMES, run_evals
+from mimbench.evals.source import ModelSource
 from mimbench.suites.ceiling import train_supervised
 from mimbench.suites.schema import SUPERVISED, RunSpec, Suite
 
@@ -63,7 +64,7 @@ def _run_one(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
         results = train(spec.config, RunDir(folder), progress)
     missing = missing_evals(spec, results)
     if missing:
-        source = spec.source or str(folder)
+        source = ModelSource.parse(spec.source or str(folder))
         results = run_evals(missing, spec.config, source, folder, progress, preset)
     return results
 

@@ -15,7 +15,6 @@ import yaml
 
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
-from mimbench.evals import TARGET
 from mimbench.registry import did_you_mean
 
 SHIPPED = Path(__file__).parent
@@ -62,7 +61,7 @@ class RunSpec:
         if self.target == RANDOM_INIT:
             return "timm:random"
         if self.target == TEACHER:
-            return TARGET + self.config.target.name
+            return f"target:{self.config.target.name}"
         return None
 
 

@@ -105,6 +105,7 @@ def test_segmentation_fine_tunes_on_crops_larger_than_the_student(tmp_path, stud
     from mimbench import config as cfg
     from mimbench.evals import segmentation as seg
     from mimbench.evals.backbone import load_backbone
+    from mimbench.evals.source import ModelSource
 
     make_ade(tmp_path, "training", n=4, size=(48, 40))
     make_ade(tmp_path, "validation", n=2, size=(48, 40))
@@ -113,7 +114,7 @@ def test_segmentation_fine_tunes_on_crops_larger_than_the_student(tmp_path, stud
         "segmentation.crop=48", "segmentation.stride=16", "segmentation.scale=[96, 48]",
         "segmentation.batch_size=2", "segmentation.steps=2", *student))
     assert c.student.img_size == 32
-    encoder, name, _ = load_backbone("timm:random", c)
+    encoder, name, _ = load_backbone(ModelSource.parse("timm:random"), c)
     result = seg.segmentation(encoder, c, name)
     assert len(result["per_class_iou"]) == 150 and np.isfinite(result["aAcc"])
     assert result["card"]["encoder_input"] == 48 and "sliding window 48/16" in result["card"]["inference"]

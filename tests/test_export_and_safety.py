@@ -74,11 +74,12 @@ def test_export_writes_a_model_card_with_the_runs_results(tmp_path):
 
     from mimbench import __version__
     from mimbench.evals import run_evals
+    from mimbench.evals.source import ModelSource
 
     run = RunDir(tmp_path / "run")
     config = cfg.resolve("smoke", target="pixels", overrides=SMOKE)
     pretrain(config, run)
-    results = run_evals(["linear"], config, str(run.path), run.path)
+    results = run_evals(["linear"], config, ModelSource.parse(run.path), run.path)
     out = tmp_path / "exported"
     assert run_cli("export", run.path, "--out", out).returncode == 0
     card = (out / "README.md").read_text()

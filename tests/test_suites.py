@@ -15,6 +15,7 @@ from scipy import stats
 
 from mimbench.errors import ConfigError
 from mimbench.evals.backbone import load_backbone
+from mimbench.evals.source import ModelSource
 from mimbench.suites import report, runner, schema
 from tests.conftest import run_cli
 
@@ -276,8 +277,8 @@ def test_supervised_ceiling_is_trained_on_labels_and_evaluated_like_a_student(tm
     assert set(rows["supervised"]["metrics"]) == set(rows["random"]["metrics"]) == {"linear_probe.top1"}
     # the evaluations read the encoder trained with labels, not the seed's random init
     config = suite.runs()[0].config
-    trained = load_backbone(str(folder), config)[0].state_dict()
-    untrained = load_backbone("timm:random", config)[0].state_dict()
+    trained = load_backbone(ModelSource.parse(folder), config)[0].state_dict()
+    untrained = load_backbone(ModelSource.parse("timm:random"), config)[0].state_dict()
     assert trained.keys() == untrained.keys()
     assert not torch.equal(trained["blocks.0.attn.qkv.weight"], untrained["blocks.0.attn.qkv.weight"])
     stamp = (folder / "checkpoint.pt").stat().st_mtime_ns

@@ -8,6 +8,7 @@ import pytest
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
 from mimbench.evals import run_evals
+from mimbench.evals.source import ModelSource
 from mimbench.engine import pretrain
 from mimbench.run_dir import RunDir
 
@@ -18,7 +19,7 @@ def trained(tmp_path, loggers: str) -> tuple[RunDir, dict]:
     config = cfg.resolve("smoke", target="pixels", overrides=(*SMOKE, f"run.loggers={loggers}"))
     run = RunDir(tmp_path / "run")
     pretrain(config, run)
-    return run, run_evals(["linear"], config, str(run.path), run.path)
+    return run, run_evals(["linear"], config, ModelSource.parse(run.path), run.path)
 
 
 def test_tensorboard_events_hold_the_runs_scalars_and_cards(tmp_path):

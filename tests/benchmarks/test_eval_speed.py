@@ -6,6 +6,7 @@ import pytest
 
 from mimbench import config as cfg
 from mimbench.evals.backbone import load_backbone
+from mimbench.evals.source import ModelSource
 from mimbench.evals.features import student_features
 from mimbench.evals.finetune import finetune
 from mimbench.evals.knn import knn_probe
@@ -22,7 +23,7 @@ def tiny():
 @pytest.mark.parametrize("name", ["linear", "knn", "seg_linear", "finetune", "segmentation"])
 def test_tiny_evaluation(benchmark, tiny, tmp_path, name):
     def evaluate():
-        encoder, source, _ = load_backbone("timm:random", tiny)
+        encoder, source, _ = load_backbone(ModelSource.parse("timm:random"), tiny)
         if name in ("linear", "knn"):
             probe = linear_probe if name == "linear" else knn_probe
             return probe(student_features(encoder, tiny, source), tiny, tmp_path / "features")
