@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimbench import distributed, engine
-from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.views import MIMDataset, MIMViews, StreamSampler, student_input, teacher_input
@@ -163,7 +162,6 @@ class Step:
 
 
 def build_step(config: Config, batch_size: int) -> Step:
-    keep_freed_memory()  # as pre-training does, for both steps alike
     torch.manual_seed(0)
     _, device = distributed.init(config.run.device)
     provider = build_target_for(config)

@@ -18,7 +18,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mimbench import checkpoint, config as cfg, distributed, run_lock, teachers
-from mimbench.allocator import keep_freed_memory
 from mimbench.config import Config
 from mimbench.data import build_dataset
 from mimbench.data.decode import pipeline
@@ -68,7 +67,6 @@ def pretrain(config: Config, run: RunDir, progress: ProgressFn | None = None,
     holding the run directory (mimbench.run_lock) from its first write to the end."""
     with run_lock.released_after(run.path), StopRequest() as stop:
         try:
-            keep_freed_memory()
             world, device = distributed.init(config.run.device)
             p = prepare(config, run, world, device, progress if world.is_main else None,
                         notify if world.is_main else None)

@@ -1,5 +1,5 @@
 """Export a student as a timm model folder: config.json + model.safetensors, MIM head dropped,
-and a README.md model card in the layout timm's push_to_hf_hub writes (its generate_readme),
+and a README.md model card in the layout of timm's Hub model cards (front matter, details, usage),
 so the folder can be uploaded to the Hugging Face hub as it is.
 
 `timm.create_model("local-dir:DIR", pretrained=True)` then loads it strictly, so detection
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 from timm.models import save_for_hf
-from timm.models._hub import generate_readme
 
 from mimbench import __version__
 from mimbench import config as cfg
@@ -55,26 +54,30 @@ def model_card(encoder, state: dict, results: dict, name: str) -> str:
     pre = results.get("pretrain", {})
     budget = (f"{pre['steps']} steps x {pre['effective_batch']} images, peak lr {pre['peak_lr']:.3g}"
               if pre else f"{state['step']} steps (run results not found beside the checkpoint)")
-    card = {
-        "license": "unknown", "tags": ["image-feature-extraction", "timm", "mimbench",
-                                       "masked-image-modeling"],
-        "description": f"A ViT pre-trained by masked image modeling with mimbench {__version__}: "
-                       f"masked patches predict the `{config['target']['name']}` target.",
-        "details": {
-            "Model Type": "Image feature backbone (no classifier head)",
-            "Architecture": f"{student['model']} shape: {student['depth']} blocks, width "
-                            f"{student['embed_dim']}, patch {student['patch_size']}",
-            "Params (M)": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2),
-            "Image size": f"{student['img_size']} x {student['img_size']}",
-            "Target": target,
-            "Masking": f"{mask['kind']}, " + (f"{mask['num_masked']} patches" if mask["num_masked"]
-                                              else f"ratio {mask['ratio']}"),
-            "Pre-training": budget,
-            "Pretrain Dataset": config["data"]["name"],
-        },
-        "usage": USAGE,
+    details = {
+        "Model Type": "Image feature backbone (no classifier head)",
+        "Architecture": f"{student['model']} shape: {student['depth']} blocks, width "
+                        f"{student['embed_dim']}, patch {student['patch_size']}",
+        "Params (M)": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2),
+        "Image size": f"{student['img_size']} x {student['img_size']}",
+        "Target": target,
+        "Masking": f"{mask['kind']}, " + (f"{mask['num_masked']} patches" if mask["num_masked"]
+                                          else f"ratio {mask['ratio']}"),
+        "Pre-training": budget,
+        "Pretrain Dataset": config["data"]["name"],
     }
-    lines = [generate_readme(card, name, task_name="image-feature-extraction")]
+    front = {"tags": ["image-feature-extraction", "timm", "mimbench", "masked-image-modeling"],
+             "pipeline_tag": "image-feature-extraction", "library_name": "timm", "license": "unknown",
+             "datasets": [config["data"]["name"]]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", f"# Model card for {name}", "",
+             f"A ViT pre-trained by masked image modeling with mimbench {__version__}: masked "
+             f"patches predict the `{config['target']['name']}` target.", "", "## Model Details"]
+    for key, value in details.items():  # the layout of timm's Hub model cards
+        if isinstance(value, dict):
+            lines += [f"- **{key}:**", *(f"  - {k}: {v}" for k, v in value.items())]
+        else:
+            lines.append(f"- **{key}:** {value}")
+    lines += ["", "## Model Usage", USAGE]
     evals = results.get("evals", {})
     if evals:
         lines += ["## Evaluations (mimbench protocols)", "", "| evaluation | metric | value |",

@@ -48,6 +48,21 @@ def build_encoder(config: StudentConfig, **overrides) -> nn.Module:
     return encoder
 
 
+def add_positions(enc: VisionTransformer, x: Tensor) -> Tensor:
+    """Patch tokens [B, N, width] -> [B, prefix + N, width]: the class (and register) tokens
+    put in front and the absolute position embedding added (after them with no_embed_class,
+    over them otherwise), then position dropout: what timm's VisionTransformer does at its
+    built image size, written here because timm's own (_pos_embed) is private."""
+    prefix = [t.expand(len(x), -1, -1) for t in (enc.cls_token, enc.reg_token) if t is not None]
+    if enc.pos_embed is None:
+        return torch.cat(prefix + [x], dim=1)
+    if enc.no_embed_class:
+        x = torch.cat(prefix + [x + enc.pos_embed], dim=1)
+    else:
+        x = torch.cat(prefix + [x], dim=1) + enc.pos_embed
+    return enc.pos_drop(x)
+
+
 def set_sincos_pos_embed(encoder: nn.Module, config: StudentConfig) -> None:
     """MAE's position embedding: 2-D sin-cos over the patch grid, zeros for prefix tokens."""
     table = getattr(encoder, "pos_embed", None)
@@ -128,7 +143,7 @@ class Student(nn.Module):
                 x = block(x, shared_rel_pos_bias=shared_bias)
             prefix = 1
         else:
-            x = enc.norm_pre(enc.patch_drop(enc._pos_embed(x)))
+            x = enc.norm_pre(enc.patch_drop(add_positions(enc, x)))
             x = enc.blocks(x)
             prefix = enc.num_prefix_tokens
         return enc.norm(x)[:, prefix:]  # [B, N, width]
@@ -170,7 +185,7 @@ class MaeStudent(nn.Module):
         normed tokens [B, prefix + V, width] (V visible patches, in patch order) and their
         patch indices [B, V]."""
         enc = self.encoder
-        x = enc._pos_embed(enc.patch_embed(images))  # [B, prefix + N, width], positions added
+        x = add_positions(enc, enc.patch_embed(images))  # [B, prefix + N, width]
         prefix = enc.num_prefix_tokens
         visible = (~mask).sum(1)
         if (visible != visible[0]).any():

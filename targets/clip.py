@@ -115,7 +115,7 @@ def _hub_weights(open_clip, model: str, tag: str):
     require_network(f"the CLIP weights {model}/{tag}", url)
     log.info("downloading CLIP weights %s/%s", model, tag)
     try:
-        return open_clip.pretrained.download_pretrained(cfg)
+        return open_clip.download_pretrained(cfg)
     except Exception as e:  # the hub answered but would not serve the file
         raise WeightsUnavailableError(f"could not download {url} ({e}); pass a local file with "
                                       f"--set target.weights=/path/to/file.") from None

@@ -160,3 +160,19 @@ def test_pre_training_and_fine_tuning_exempt_the_same_tensors_from_weight_decay(
     assert {"rel_pos_bias.relative_position_bias_table", "cls_token", "pos_embed",
             "blocks.0.gamma_1", "blocks.0.attn.q_bias"} <= pre
     assert "blocks.0.attn.qkv.weight" not in pre
+
+
+@pytest.mark.parametrize("shape", [{}, {"reg_tokens": 2}, {"no_embed_class": True, "reg_tokens": 1},
+                                   {"class_token": False, "global_pool": "avg"}])
+def test_add_positions_is_what_timms_vision_transformer_does(shape):
+    """The student puts mask tokens in before the positions, so it adds them itself
+    (student.add_positions); the result equals timm's own (its private _pos_embed)."""
+    import timm
+
+    from mimbench.student import add_positions
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, **{"global_pool": "token", **shape})
+    torch.nn.init.normal_(vit.pos_embed)
+    x = vit.patch_embed(torch.rand(2, 3, 32, 32))  # [2, 4, 192]
+    assert torch.equal(add_positions(vit, x), vit._pos_embed(x))
