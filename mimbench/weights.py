@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mimbench.errors import WeightsUnavailableError
+from mimbench.errors import ConfigError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 3.0
@@ -74,6 +74,15 @@ def download_once(what: str, url: str, path: Path) -> Path:
         log.info("downloading %s", url)
         torch.hub.download_url_to_file(url, str(tmp), progress=False)
         tmp.replace(path)
+    return path
+
+
+def official_or_local(weights: str, what: str, url: str, cached: str) -> Path:
+    """The file `weights` names: "official" is `url`, downloaded once to the cache folder's
+    `cached` path; anything else must be a local file."""
+    path = download_once(what, url, cache_dir() / cached) if weights == "official" else local_file(weights)
+    if path is None:
+        raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
     return path
 
 

@@ -13,7 +13,7 @@ from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
 from mimbench.targets.frozen import FrozenTeacher
-from mimbench.weights import cache_dir, download_once, local_file
+from mimbench.weights import official_or_local
 
 OFFICIAL_URL = "https://cdn.openai.com/dall-e/encoder.pkl"
 LOGIT_LAPLACE_EPS = 0.1
@@ -108,12 +108,8 @@ class DVAETarget(FrozenTeacher):
                  grid: tuple[int, int] = (14, 14), interpolation: str = "lanczos",
                  loss: str = "ce"):
         super().__init__()
-        official = cache_dir() / "dall_e" / "encoder.pkl"
-        path = (download_once("the DALL-E d-VAE encoder weights", OFFICIAL_URL, official)
-                if weights == "official" else local_file(weights))
-        if path is None:
-            raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
-        self.encoder = load_encoder(path)
+        self.encoder = load_encoder(official_or_local(weights, "the DALL-E d-VAE encoder weights",
+                                                      OFFICIAL_URL, "dall_e/encoder.pkl"))
         size = input_size or DOWNSAMPLE * grid[0]
         side = size // DOWNSAMPLE
         self.spec = TargetSpec(kind="tokens", dim=self.encoder.vocab_size, grid=(side, side),

@@ -19,7 +19,7 @@ from mimbench.errors import ConfigError, WeightsUnavailableError
 from mimbench.targets import register_target
 from mimbench.targets.base import TargetSpec
 from mimbench.targets.frozen import FrozenTeacher
-from mimbench.weights import cache_dir, download_once, local_file
+from mimbench.weights import official_or_local
 
 OFFICIAL_URL = ("https://conversationhub.blob.core.windows.net/beit-share-public/beitv2/"
                 "vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth")
@@ -203,11 +203,8 @@ class VQKDTarget(FrozenTeacher):
                  loss: str = "ce"):
         super().__init__()
         shape = {**OFFICIAL_SHAPE, **(shape or {})}
-        official = cache_dir() / "beitv2" / Path(OFFICIAL_URL).name
-        path = (download_once("BEiT v2's VQ-KD tokenizer weights", OFFICIAL_URL, official)
-                if weights == "official" else local_file(weights))
-        if path is None:
-            raise ConfigError(f"target.weights={weights!r} is neither 'official' nor a file path.")
+        path = official_or_local(weights, "BEiT v2's VQ-KD tokenizer weights", OFFICIAL_URL,
+                                 f"beitv2/{Path(OFFICIAL_URL).name}")
         tokenizer = load_vqkd(path, shape)
         if grid is not None and tuple(grid) != tokenizer.grid:
             g = tokenizer.grid

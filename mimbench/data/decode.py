@@ -16,22 +16,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from mimbench.data.views import MIMViews, _uniform, crop_box, sample_generator
+from mimbench.data.views import MIMDataset, MIMViews, _uniform, crop_box, sample_generator
 from mimbench.errors import ConfigError, DataError
 
 GRAY = (0.299, 0.587, 0.114)  # PIL's (ITU-R 601-2) luma weights, as its ImageEnhance uses
 
 
-class EncodedImages(torch.utils.data.Dataset):
+class EncodedImages(MIMDataset):
     """(epoch, index) -> the JPEG bytes of a folder dataset's image and its parameters."""
 
     def __init__(self, images, views: MIMViews, seed: int):
         if not hasattr(images, "files"):
             raise ConfigError("data.decode=device reads JPEG files: use it with data.name=folder.")
-        self.images, self.views, self.seed = images, views, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(images, views, seed)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key

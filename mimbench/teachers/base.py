@@ -62,6 +62,19 @@ def world_images(split: str, count: int, config: WorldTeacherConfig):
     return world_scenes(split, count, config)[0]
 
 
+def code_usage(ids, size: int) -> dict:
+    """How a tokenizer uses its `size` codes over the token ids `ids`: the perplexity of the
+    codes' frequencies and how many are used at all."""
+    import math
+
+    import torch
+
+    counts = torch.bincount(ids.flatten(), minlength=size).float()
+    p = counts[counts > 0] / counts.sum()
+    return {"perplexity": math.exp(-(p * p.log()).sum().item()), "codes_used": int((counts > 0).sum()),
+            "code_fraction_used": float((counts > 0).float().mean())}
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
 from mimbench.targets.dvae import map_pixels, save_encoder
-from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, world_images
+from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, code_usage, world_images
 
 
 WEIGHTS = "encoder.safetensors"
@@ -98,11 +98,7 @@ def evaluate(encoder, decoder, config: DVAETeacherConfig) -> dict:
     codes = F.one_hot(ids, config.vocab_size).permute(0, 3, 1, 2).float()
     mse = F.mse_loss(reconstruct(decoder, codes), x).item()
     mean_image_mse = F.mse_loss(x.mean(0, keepdim=True).expand_as(x), x).item()
-    counts = torch.bincount(ids.flatten(), minlength=config.vocab_size).float()
-    p = counts / counts.sum()
-    perplexity = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
-    return {"recon_mse": mse, "mean_image_mse": mean_image_mse, "perplexity": perplexity,
-            "codes_used": int((counts > 0).sum()), "code_fraction_used": float((counts > 0).float().mean()),
+    return {"recon_mse": mse, "mean_image_mse": mean_image_mse, **code_usage(ids, config.vocab_size),
             "vocab_size": config.vocab_size, "eval_images": len(x)}
 
 

@@ -4,7 +4,6 @@ features: the stage the `clip` target regresses, quantised into codes."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +15,7 @@ from mimbench.fitting import Resumable, fit
 from mimbench.lr_schedule import lr_at
 from mimbench.targets import build_target
 from mimbench.targets.vqkd import VQKD, reconstruction_loss
-from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, world_images
+from mimbench.teachers.base import FIT_STATE, Teacher, WorldTeacherConfig, code_usage, world_images
 
 WEIGHTS = "vqkd.pth"  # a released-format checkpoint: {"model": state dict}, tensors only
 SHAPE = "shape.json"
@@ -89,11 +88,8 @@ def evaluate(model: VQKD, target, train_images: torch.Tensor, config: VQKDTeache
     cosine = torch.nn.functional.cosine_similarity(model.decode(quantised), goal, dim=-1).mean().item()
     mean_feature = target(train_images[:config.eval_images].float() / 255).mean((0, 1))  # [D]
     baseline = torch.nn.functional.cosine_similarity(goal, mean_feature.expand_as(goal), dim=-1).mean().item()
-    counts = torch.bincount(ids.flatten(), minlength=config.codebook_size).float()
-    p = counts / counts.sum()
-    perplexity = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
-    return {"recon_cosine": cosine, "mean_feature_cosine": baseline, "perplexity": perplexity,
-            "codes_used": int((counts > 0).sum()), "codebook_size": config.codebook_size,
+    return {"recon_cosine": cosine, "mean_feature_cosine": baseline,
+            **code_usage(ids, config.codebook_size), "codebook_size": config.codebook_size,
             "eval_images": len(x)}
 
 
