@@ -17,7 +17,7 @@ from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import (CentreView, FinetuneAugmentation, class_card, eval_splits,
                                  fingerprint, labelled_batches)
 from mimbench.evals.training import endless, set_drop_path, train
-from mimbench.optim import param_groups
+from mimbench.optim import in_steps, param_groups
 
 REFERENCES = {  # docs/protocols.md: ImageNet-1k fine-tuning top-1, ViT-B/16
     "paper": {"mvp_300ep": 84.4, "beit_800ep": 83.2, "tolerance": 0.5, "dataset": "ImageNet-1k"},
@@ -99,16 +99,15 @@ def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: flo
 
 def finetune_steps(cfg, train_size: int) -> int:
     """Optimizer steps: `steps`, or `epochs` of whole batches."""
-    return cfg.steps if cfg.steps is not None else round(cfg.epochs * max(1, train_size // cfg.batch_size))
+    return in_steps(cfg.steps, cfg.epochs, train_size, cfg.batch_size)
 
 
 def finetune(encoder, config, source: str, progress=None, preset: str | None = None) -> dict:
     cfg = config.finetune
     train_set, val_set = eval_splits(config)
     size = input_size(encoder, config)
-    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
     steps = finetune_steps(cfg, len(train_set))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = in_steps(cfg.warmup_steps, cfg.warmup_epochs, len(train_set), cfg.batch_size)
     model, losses = train_classifier(encoder, train_set, cfg, size, steps, warmup, config.run.seed,
                                      progress, device=resolve_device(config.run.device),
                                      amp=config.optim.amp, crop_pct=config.eval_data.crop_pct,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mimbench.evals.lars import LARS
 from mimbench.fitting import fit
 from mimbench.lr_schedule import lr_at
+from mimbench.optim import in_steps
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, max_iter: int):
@@ -65,8 +66,8 @@ def mae_probe(train_x, train_y, val_x, val_y, classes, cfg, seed):
         opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=0.9)
     else:
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    steps_per_epoch = in_steps(None, 1, len(train_x), cfg.batch_size)
+    total, warmup = (in_steps(None, e, len(train_x), cfg.batch_size) for e in (cfg.epochs, cfg.warmup_epochs))
     g = torch.Generator().manual_seed(seed)
 
     def epochs():

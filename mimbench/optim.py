@@ -63,22 +63,27 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     return [groups[key] for key in sorted(groups)]
 
 
+def in_steps(steps: int | None, epochs: float | None, dataset_size: int, batch: int) -> int | None:
+    """`steps` if set, else `epochs` passes over `dataset_size` images in whole batches of
+    `batch` (at least one step an epoch); None when neither is set. Every epochs-to-steps
+    conversion of mimbench is this one."""
+    if steps is not None:
+        return steps
+    return None if epochs is None else round(epochs * max(1, dataset_size // batch))
+
+
 def schedule(config: Config, dataset_size: int, effective_batch: int | None = None) -> dict:
     """Total and warmup optimizer steps, effective batch and peak lr the config implies (on one
     process, unless the launch's `effective_batch` is given)."""
     o = config.optim
     batch = effective_batch or o.effective_batch or o.batch_size * o.accum_steps
-    steps_per_epoch = max(1, dataset_size // batch)
-    if o.steps is not None:
-        total = o.steps
-    elif o.epochs is not None:
-        total = round(o.epochs * steps_per_epoch)
-    else:
+    total = in_steps(o.steps, o.epochs, dataset_size, batch)
+    if total is None:
         raise ConfigError("set optim.steps or optim.epochs.")
-    warmup = o.warmup_steps if o.warmup_steps is not None else round((o.warmup_epochs or 0) * steps_per_epoch)
+    warmup = in_steps(o.warmup_steps, o.warmup_epochs or 0, dataset_size, batch)
     lr = o.lr * batch / o.lr_base_batch if o.lr_base_batch else o.lr
     return {"total_steps": total, "warmup_steps": min(warmup, total), "effective_batch": batch,
-            "peak_lr": lr, "steps_per_epoch": steps_per_epoch}
+            "peak_lr": lr, "steps_per_epoch": in_steps(None, 1, dataset_size, batch)}
 
 
 def pretraining_optimizer(student: nn.Module, config: Config) -> torch.optim.Optimizer:
