@@ -59,10 +59,9 @@ def target_tower(config) -> tuple[StageTower, str]:
     """A trainable copy of the network behind config.target, and its description for a card."""
     import open_clip
 
-    from mimbench.targets.source import build_target_for
+    from mimbench.targets.source import build_provider
 
-    provider = build_target_for(config)
-    provider = getattr(provider, "provider", provider)  # a target resampled to the student's grid
+    provider = build_provider(config)  # its own grid: the tower is trained, not its tokens resampled
     network = getattr(provider, "network", None)
     if not isinstance(network, open_clip.modified_resnet.ModifiedResNet):
         raise ConfigError(f"fine-tuning or segmenting target '{config.target.name}' itself needs a "

@@ -63,6 +63,24 @@ def add_positions(enc: VisionTransformer, x: Tensor) -> Tensor:
     return enc.pos_drop(x)
 
 
+def vit_blocks(enc: VisionTransformer, x: Tensor) -> Tensor:
+    """Patch tokens [B, N, width] through a timm ViT: positions, its blocks -> [B, prefix + N, width]."""
+    return enc.blocks(enc.norm_pre(enc.patch_drop(add_positions(enc, x))))
+
+
+def beit_blocks(enc: Beit, x: Tensor) -> Tensor:
+    """Patch tokens [B, N, width] through timm's BEiT as its forward_features runs them:
+    class token, absolute positions if any, the blocks with the shared relative position bias."""
+    x = torch.cat([enc.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    if enc.pos_embed is not None:
+        x = x + enc.pos_embed
+    x = enc.pos_drop(x)
+    shared_bias = enc.rel_pos_bias() if enc.rel_pos_bias is not None else None
+    for block in enc.blocks:
+        x = block(x, shared_rel_pos_bias=shared_bias)
+    return x
+
+
 def set_sincos_pos_embed(encoder: nn.Module, config: StudentConfig) -> None:
     """MAE's position embedding: 2-D sin-cos over the patch grid, zeros for prefix tokens."""
     table = getattr(encoder, "pos_embed", None)
@@ -125,6 +143,9 @@ class Student(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = linear_head(width, spec.dim)
+        # after the mask tokens go in: BEiT's blocks (with its shared relative position bias)
+        # or timm's ViT's; chosen once, here
+        self.through_blocks = beit_blocks if isinstance(self.encoder, Beit) else vit_blocks
 
     def tokens(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """images [B, 3, S, S], mask [B, N] bool -> final normed patch tokens [B, N, width]."""
@@ -133,20 +154,7 @@ class Student(nn.Module):
         if mask is not None:
             w = mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
-        if isinstance(enc, Beit):
-            x = torch.cat([enc.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-            if enc.pos_embed is not None:
-                x = x + enc.pos_embed
-            x = enc.pos_drop(x)
-            shared_bias = enc.rel_pos_bias() if enc.rel_pos_bias is not None else None
-            for block in enc.blocks:
-                x = block(x, shared_rel_pos_bias=shared_bias)
-            prefix = 1
-        else:
-            x = enc.norm_pre(enc.patch_drop(add_positions(enc, x)))
-            x = enc.blocks(x)
-            prefix = enc.num_prefix_tokens
-        return enc.norm(x)[:, prefix:]  # [B, N, width]
+        return enc.norm(self.through_blocks(enc, x))[:, enc.num_prefix_tokens:]  # [B, N, width]
 
     def forward(self, images: Tensor, mask: Tensor) -> Tensor:
         return self.head(self.tokens(images, mask))  # [B, N, dim]

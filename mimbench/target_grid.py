@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mimbench.errors import ConfigError
+from mimbench.targets.frozen import FrozenTeacher
 
 
 def check_grid(spec, student_grid: tuple[int, int], target_name: str) -> None:
@@ -33,7 +34,7 @@ def check_grid(spec, student_grid: tuple[int, int], target_name: str) -> None:
                           f"other); change the target's input size or student.img_size/patch_size.")
 
 
-class ResampledFeatures(nn.Module):
+class ResampledFeatures(FrozenTeacher):
     """Wraps a feature target: its [B, h*w, D] tokens -> [B, H*W, D] on the student's grid.
     A module, so that moving it to a device moves a provider that is one."""
 
@@ -42,12 +43,9 @@ class ResampledFeatures(nn.Module):
         self.provider = provider
         self.source_grid = tuple(provider.spec.grid)
         self.spec = dataclasses.replace(provider.spec, grid=tuple(grid))
-        self.train(False)
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # a teacher is always in eval mode
-
-    def forward(self, view: Tensor) -> Tensor:
+    def teach(self, view: Tensor) -> Tensor:
         tokens = self.provider(view)  # [B, h*w, D]
         (h, w), (H, W) = self.source_grid, self.spec.grid
         fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # [B, D, h, w]

@@ -22,9 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def build_target_for(config: Config, progress: Callable | None = None):
-    """The target of `config`, given the student's img_size/patch_size/grid where its factory
-    takes them and the user did not set them; in-project teachers are built on first use. A
-    feature target on another grid is resampled to the student's (mimbench.target_grid)."""
+    """The target of `config` (build_provider), a feature target on another grid resampled to
+    the student's (mimbench.target_grid)."""
+    provider = build_provider(config, progress)
+    if tuple(provider.spec.grid) != config.student.grid:
+        g, s = provider.spec.grid, config.student.grid
+        log.info("target '%s' gives a %dx%d grid; resampling it to the student's %dx%d",
+                 config.target.name, g[0], g[1], s[0], s[1])
+        provider = ResampledFeatures(provider, config.student.grid)
+    return provider
+
+
+def build_provider(config: Config, progress: Callable | None = None):
+    """The provider config.target names, given the student's img_size/patch_size/grid where its
+    factory takes them and the user did not set them; in-project teachers are built on first
+    use. Refused if it trains or cannot serve the student's grid."""
     factory = TARGETS.get(config.target.name).factory
     params = inspect.signature(factory).parameters
     context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
@@ -37,11 +49,6 @@ def build_target_for(config: Config, progress: Callable | None = None):
                                   f"has parameters that require grad; a teacher must be frozen "
                                   f"(requires_grad_(False)), as mimbench.check_target_provider says.")
     check_grid(provider.spec, config.student.grid, config.target.name)
-    if tuple(provider.spec.grid) != config.student.grid:
-        g, s = provider.spec.grid, config.student.grid
-        log.info("target '%s' gives a %dx%d grid; resampling it to the student's %dx%d",
-                 config.target.name, g[0], g[1], s[0], s[1])
-        provider = ResampledFeatures(provider, config.student.grid)
     return provider
 
 
