@@ -93,7 +93,7 @@ class DataConfig:
 class OptimConfig:
     # images per optimizer step over all processes and accumulation steps; when set, the run
     # is the same experiment on 1 or N processes: each process takes effective_batch / N, in
-    # as few accumulation steps as keep each forward within batch_size (mimbench.engine.split_batch)
+    # as few accumulation steps as keep each forward within batch_size (mimbench.optim.split_batch)
     effective_batch: int | None = None
     batch_size: int = 32  # images per forward on one device (with effective_batch: the most)
     accum_steps: int = 1  # without effective_batch: effective batch = batch_size x accum_steps x processes
