@@ -34,9 +34,11 @@ COLOURS = {  # name -> RGB; a scene jitters them slightly so no exact value iden
     "black": (25, 25, 25),
 }
 TEXTURES = ("plain", "striped", "dotted")
-SPLITS = {"teacher": 0, "pretrain": 1, "train": 2, "val": 3}  # disjoint index ranges
+# disjoint draws. `val` is for choosing recipes; `test` (10,000 scenes) is for reporting what no
+# search has seen: --set eval_data.val.split=test
+SPLITS = {"teacher": 0, "pretrain": 1, "train": 2, "val": 3, "test": 4}
 SPLIT_STRIDE = 10_000_000
-DEFAULT_LENGTH = {"teacher": 20_000, "pretrain": 20_000, "train": 5_000, "val": 2_000}
+DEFAULT_LENGTH = {"teacher": 20_000, "pretrain": 20_000, "train": 5_000, "val": 2_000, "test": 10_000}
 RENDER_SCALE = 2  # draw large, then downsample: anti-aliased edges
 
 
