@@ -23,7 +23,7 @@ SUPERVISED = "supervised"  # that architecture trained with labels, same budget
 TEACHER = "teacher"  # the reference: the suite's teacher target's own network (frozen in probes)
 BASELINES = (RANDOM_INIT, SUPERVISED, TEACHER)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
-        "expect", "teacher", "teacher_set"}
+        "expect", "teacher", "teacher_set", "variants"}
 # Per evaluation, the metrics a report tables, headline first; a metric no run has is skipped
 # (mIoU_objects exists where the data has a background class: the world, not ADE20K).
 METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "finetune": ("finetune.top1",),
@@ -80,6 +80,9 @@ class Suite:
     source: Path
     teacher: str = "clip"  # the feature target whose own features the 'teacher' row evaluates
     teacher_set: dict = field(default_factory=dict)  # settings of the teacher row only
+    # rows of a target with settings of their own: name -> (target, {key: value}); "{seed}" in
+    # a value is the run's seed, so that each seed builds its own teacher
+    variants: dict = field(default_factory=dict)
 
     def points(self) -> list[dict]:
         """The grid's points: the product of a mapping's value lists, or a list's own points."""
@@ -105,9 +108,11 @@ class Suite:
             for key, stands_for in shares.items():
                 point = json.loads(key)
                 for seed in self.seeds:
+                    variant, own = self.variants.get(target, (target, {}))
                     base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
-                                   SUPERVISED: "pixels"}.get(target, target)  # pixels: shape only
-                    own = self.teacher_set if target == TEACHER else {}
+                                   SUPERVISED: "pixels"}.get(target, variant)  # pixels: shape only
+                    own = self.teacher_set if target == TEACHER else {
+                        k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in own.items()}
                     chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
                     config = cfg.resolve(self.preset, target=base_target, settings=chosen)
                     label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
@@ -192,7 +197,8 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
         if key not in KEYS:
             raise ConfigError(f"unknown suite key '{key}'{did_you_mean(key, KEYS)} in '{path}'; "
                               f"keys are: {', '.join(sorted(KEYS))}.")
-    targets = _targets(data, path)
+    variants = _variants(data.get("variants") or {}, path)
+    targets = _targets(data, path, variants)
     seeds = _list(data, "seeds", [0])
     if not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"suite seeds must be integers, not {seeds!r}.")
@@ -216,16 +222,33 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
                   seeds=tuple(seeds), grid=grid, set=settings,
                   evals=tuple(evals), compare=tuple(tuple(p) for p in pairs), expect=expect,
                   source=path, teacher=str(data.get("teacher", "clip")),
-                  teacher_set=dict(data.get("teacher_set") or {}))
+                  teacher_set=dict(data.get("teacher_set") or {}), variants=variants)
     suite.runs()  # resolves every config: unknown keys and bad values fail here
     return suite
 
 
-def _targets(data: dict, path: Path) -> list:
+def _variants(variants: dict, path: Path) -> dict:
+    """variants: {name: {target: T, set: {key: value}}} -> {name: (T, settings)}."""
+    from mimbench.targets import TARGETS
+
+    out = {}
+    for name, spec in variants.items():
+        if not isinstance(spec, dict) or set(spec) - {"target", "set"} or "target" not in spec:
+            raise ConfigError(f"suite variant '{name}' in '{path}' must be a mapping with target: and "
+                              f"set: (e.g. {{target: clip, set: {{target.model: teacher:supervised}}}}), "
+                              f"not {spec!r}.")
+        if spec["target"] not in TARGETS.names():
+            raise ConfigError(f"suite variant '{name}' names unknown target '{spec['target']}'"
+                              f"{did_you_mean(str(spec['target']), TARGETS.names())}.")
+        out[str(name)] = (spec["target"], dict(spec.get("set") or {}))
+    return out
+
+
+def _targets(data: dict, path: Path, variants: dict) -> list:
     from mimbench.targets import TARGETS
 
     targets = _list(data, "targets")
-    known = [*TARGETS.names(), *BASELINES]
+    known = [*TARGETS.names(), *BASELINES, *variants]
     for target in targets:
         if target not in known:
             raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "

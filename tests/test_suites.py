@@ -441,6 +441,34 @@ def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
     assert "random at mask.ratio" not in report and "pixels at mask.ratio=0.5" in report
 
 
+def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(tmp_path):
+    """variants: a row 'clip-unnamed' is the clip target with its own target.model; '{seed}'
+    makes each seed build its own teacher (teacher-build variance in the intervals). The shipped
+    caption_naming suite is such a suite."""
+    path = tmp_path / "variants.yaml"
+    path.write_text("preset: smoke\nvariants:\n  clip-unnamed: {target: clip, set: {target.model: "
+                    "'teacher:clip-smoke?name_probability=0&seed={seed}'}}\n"
+                    "targets: [clip, clip-unnamed]\nseeds: [0, 1]\nevals: [linear]\n")
+    runs = {r.id: r for r in schema.load(str(path)).runs()}
+    assert sorted(runs) == ["clip-s0", "clip-s1", "clip-unnamed-s0", "clip-unnamed-s1"]
+    assert runs["clip-unnamed-s1"].config.target.name == "clip"
+    assert runs["clip-unnamed-s1"].config.target.options["model"] == "teacher:clip-smoke?name_probability=0&seed=1"
+    assert runs["clip-s1"].config.target.options["model"] == "teacher:clip-smoke"
+    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    used = {r: json.loads((tmp_path / "out" / "runs" / r / "results.json").read_text())["target"]["teachers"]
+            for r in runs}
+    shas = {r: next(iter(t.values()))["sha256"] for r, t in used.items()}
+    assert len({shas["clip-unnamed-s0"], shas["clip-unnamed-s1"], shas["clip-s0"]}) == 3  # own builds
+    assert shas["clip-s0"] == shas["clip-s1"]  # the plain row shares the preset's teacher
+    assert "clip-unnamed" in (tmp_path / "out" / "report.md").read_text()
+    caption = schema.load("caption_naming")
+    assert len(caption.runs()) == 5 * 5 and caption.variants["clip-supervised"][0] == "clip"
+    with pytest.raises(ConfigError, match="variant 'x' names unknown target 'clp'"):
+        path.write_text("variants:\n  x: {target: clp}\ntargets: [x]\n")
+        schema.load(str(path))
+
+
 def test_grid_values_are_made_safe_for_folder_names():
     assert schema.safe_name("a/b c") == "a_b_c" and schema.safe_name([1, 2]) == "1_2"
     assert schema.safe_name(0.3) == "0.3" and schema.safe_name("../x") == ".._x"
