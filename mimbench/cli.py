@@ -292,7 +292,7 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
             with reporter() as report:
                 from mimbench.evals.source import ModelSource
 
-                results = run_evals(config.run.evals, config, ModelSource("run", str(run_dir.path), str(run_dir.path)),
+                results = run_evals(config.run.evals, config, ModelSource.parse(run_dir.path),
                                     run_dir.path, report, config.run.preset)  # a resumed run's own preset
     print_results(run_dir, results)
 
@@ -336,13 +336,13 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
     overrides = data_overrides(data, (f"run.evals=[{evaluation}]", *overrides))
     if saved is not None and preset is None:
         config = cfg.resolve(config_file=config_file, overrides=tuple(overrides), saved=saved)
-    else:  # a checkpoint under another preset: evaluated at the shape it was trained at
+    else:  # a preset's config; a checkpoint under another preset keeps the shape it was trained at
         student = checkpoint_path and saved_student(source)
         config = cfg.resolve(preset or "tiny", config_file, target, tuple(overrides),
                              settings={"student": student} if student else None)
     if out is None and source.kind == "run":
         digest = hashlib.sha256(json.dumps(cfg.to_dict(config), sort_keys=True).encode()).hexdigest()
-        out = Path(checkpoint_path) / "evals" / f"{evaluation}-{digest[:8]}"
+        out = Path(source.name) / "evals" / f"{evaluation}-{digest[:8]}"
     out = Path(out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     with reporter() as report:
         results = run_evals([evaluation], config, source, out, report,
