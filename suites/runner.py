@@ -76,6 +76,9 @@ _STOP = None  # in a --jobs worker: set by the suite's process once the user ask
 def _start_worker(threads: int, progress: multiprocessing.Queue, stop) -> None:
     global _PROGRESS, _STOP
     torch.set_num_threads(threads)
+    # progress lines are disposable: a worker that exits (after Ctrl-C, while the suite's
+    # process no longer reads them) must not wait to flush them into a full pipe
+    progress.cancel_join_thread()
     _PROGRESS, _STOP = progress, stop
 
 
