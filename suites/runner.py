@@ -71,6 +71,7 @@ def _run_one(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
 
 _PROGRESS: multiprocessing.Queue | None = None  # in a --jobs worker: where its progress goes
 _STOP = None  # in a --jobs worker: set by the suite's process once the user asked it to stop
+_STOPPED = False  # in a --jobs worker: Ctrl-C stopped one of its runs
 
 
 def _start_worker(threads: int, progress: multiprocessing.Queue, stop) -> None:
@@ -84,10 +85,17 @@ def _start_worker(threads: int, progress: multiprocessing.Queue, stop) -> None:
 
 def _run_in_worker(spec: RunSpec, folder: Path, preset: str, progress) -> dict:
     """run_one in a --jobs worker, which takes no new run once the suite was asked to stop
-    (a worker hands over the runs queued to it one by one: without this it would go on)."""
-    if _STOP.is_set():
+    (a worker hands over the runs queued to it one by one: without this it would go on), nor
+    once Ctrl-C stopped a run of its own (it may take the next run before the suite's process
+    has set the stop event)."""
+    global _STOPPED
+    if _STOP.is_set() or _STOPPED:
         raise Interrupted(f"{spec.id} not started: the suite was asked to stop.")
-    return run_one(spec, folder, preset, progress)
+    try:
+        return run_one(spec, folder, preset, progress)
+    except (Interrupted, KeyboardInterrupt):
+        _STOPPED = True
+        raise
 
 
 def _relay(run_id: str, task: str, step: int, total: int, metrics: dict) -> None:
