@@ -237,6 +237,9 @@ def _variants(variants: dict, path: Path) -> dict:
             raise ConfigError(f"suite variant '{name}' in '{path}' must be a mapping with target: and "
                               f"set: (e.g. {{target: clip, set: {{target.model: teacher:supervised}}}}), "
                               f"not {spec!r}.")
+        if name in TARGETS.names() or name in BASELINES:
+            raise ConfigError(f"suite variant '{name}' in '{path}' is named like a target or a "
+                              f"reference row; give it a name of its own, e.g. {spec.get('target')}-mine.")
         if spec["target"] not in TARGETS.names():
             raise ConfigError(f"suite variant '{name}' names unknown target '{spec['target']}'"
                               f"{did_you_mean(str(spec['target']), TARGETS.names())}.")

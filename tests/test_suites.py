@@ -467,6 +467,9 @@ def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(t
     with pytest.raises(ConfigError, match="variant 'x' names unknown target 'clp'"):
         path.write_text("variants:\n  x: {target: clp}\ntargets: [x]\n")
         schema.load(str(path))
+    with pytest.raises(ConfigError, match="variant 'random' .* is named like a target or a reference row"):
+        path.write_text("variants:\n  random: {target: clip}\ntargets: [random]\n")
+        schema.load(str(path))
 
 
 def test_grid_values_are_made_safe_for_folder_names():
