@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -154,9 +154,19 @@ def frozen_splits(model: FrozenModel, config, cache: Path | None, progress=None,
     return splits
 
 
-def labelled_features(model: FrozenModel, config, cache: Path | None, progress, task: str):
-    """A probe's data: (train features [M, D], train labels [M], val features, val labels,
-    the number of classes the labels index, what the probe's card says of model and data)."""
+class Labelled(NamedTuple):
+    """A probe's data."""
+
+    train_x: torch.Tensor  # [M, D] train features
+    train_y: torch.Tensor  # [M] their labels
+    val_x: torch.Tensor  # [V, D]
+    val_y: torch.Tensor  # [V]
+    classes: int  # the number of classes the labels index
+    card: dict  # what the probe's card says of model and data
+
+
+def labelled_features(model: FrozenModel, config, cache: Path | None, progress, task: str) -> Labelled:
+    """The frozen train and val features of `model` with their labels, for a probe."""
     splits = frozen_splits(model, config, cache, progress, task)
     (train_x, train_y, *_), (val_x, val_y, *_) = splits["train"], splits["val"]
     classes = int(max(train_y.max(), val_y.max())) + 1
@@ -164,4 +174,4 @@ def labelled_features(model: FrozenModel, config, cache: Path | None, progress, 
             **splits["classes"], **{split: {"options": getattr(config.eval_data, split), "size": splits[split][3],
                                             "fingerprint": splits[split][2]} for split in ("train", "val")},
             "classes": classes, "chance": 100 / classes}
-    return train_x, train_y, val_x, val_y, classes, card
+    return Labelled(train_x, train_y, val_x, val_y, classes, card)

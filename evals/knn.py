@@ -46,11 +46,9 @@ def knn_predict(train_x, train_y, val_x, classes: int, k: int, temperature: floa
 def knn_probe(model: FrozenModel, config, cache: Path | None = None, progress=None,
               preset: str | None = None) -> dict:
     """Top-1 of the weighted k-NN classifier; the result with its protocol card."""
-    cfg = config.knn
-    train_x, train_y, val_x, val_y, classes, data_card = labelled_features(model, config, cache, progress,
-                                                                           "k-NN probe")
-    predicted = knn_predict(train_x, train_y, val_x, classes, cfg.k, cfg.temperature,
-                            device=resolve_device(config.run.device))
-    top1 = (predicted == val_y).float().mean().item() * 100
-    card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(cfg), **data_card}
+    data = labelled_features(model, config, cache, progress, "k-NN probe")
+    predicted = knn_predict(data.train_x, data.train_y, data.val_x, data.classes, config.knn.k,
+                            config.knn.temperature, device=resolve_device(config.run.device))
+    top1 = (predicted == data.val_y).float().mean().item() * 100
+    card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(config.knn), **data.card}
     return {"top1": top1, "card": card}

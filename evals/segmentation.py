@@ -11,11 +11,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
-from mimbench.data import build_dataset
+from mimbench.data import build_dataset, check_label_maps
 from mimbench.data.seg_augment import augment, rescaled_size
 from mimbench.data.views import STUDENT_MEAN, STUDENT_STD, as_pil
 from mimbench.distributed import autocast, resolve_device, to_device
-from mimbench.config import check_label_maps
 from mimbench.errors import ConfigError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import fingerprint, student_batch

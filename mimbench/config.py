@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-from mimbench.errors import ConfigError
-from mimbench.registry import did_you_mean
+from mimbench.errors import ConfigError, did_you_mean
+from mimbench.typed import coerce
 
 
 @dataclass(frozen=True)
@@ -309,60 +307,6 @@ TARGET_DEFAULTS: dict[str, dict[str, dict]] = {
 
 # ---------------------------------------------------------------- typed values
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting where it is unambiguous."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"'{key}' must be one of {', '.join(map(repr, allowed))}, "
-                              f"not {value!r}{did_you_mean(str(value), map(str, allowed))}.")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"'{key}' must be a list, not {value!r}.")
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"'{key}' must be a list of {len(args)} values, not {value!r}.")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, not {value!r}.")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, not {value!r}.")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, not {value!r}.")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, not {value!r}.")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, not {value!r}.")
-        return dict(value)
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
-
-
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -375,7 +319,7 @@ def _replace_section(section_obj, updates: dict, section: str):
     for key, value in updates.items():
         full = f"{section}.{key}"
         if key in known:
-            changes[key] = _coerce(value, hints[key], full)
+            changes[key] = coerce(value, hints[key], full)
         elif section in OPEN_SECTIONS:
             options[key] = value  # checked against the entry's factory in check_options
         else:
@@ -533,41 +477,17 @@ def with_overrides(config: Config, overrides: tuple[str, ...]) -> Config:
 
 
 def check_options(config: Config) -> Config:
-    """Each option of `target` and `data` must be a parameter of its registered factory; values
-    are converted by the parameter's annotation (`--set target.bins=12` arrives as an int; `abc`
-    for an int is refused naming the type). Returns the config with converted options."""
+    """The `target` and `data` options, checked and converted by their registries (each a
+    parameter of the entry's factory, typed by its annotation). Then every value is checked."""
     from mimbench.data import DATASETS
     from mimbench.targets import TARGETS
 
     for section, registry in (("target", TARGETS), ("data", DATASETS)):
-        cfg = getattr(config, section)
-        factory = registry.get(cfg.name).factory
-        params = inspect.signature(factory).parameters
-        hints = _annotations(factory)
-        converted = dict(cfg.options)
-        for key, value in cfg.options.items():
-            if key not in params:
-                if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                    continue
-                raise ConfigError(
-                    f"unknown config key '{section}.{key}'{did_you_mean(key, params)}; "
-                    f"{section} '{cfg.name}' takes: {', '.join(params) or 'no options'}.")
-            if key in hints:
-                try:
-                    converted[key] = _coerce(value, hints[key], f"{section}.{key}")
-                except TypeError:  # an annotation the checker does not know: passed as given
-                    pass
-        config = dataclasses.replace(config, **{section: dataclasses.replace(cfg, options=converted)})
+        chosen = getattr(config, section)
+        options = registry.checked_options(chosen.name, chosen.options, section)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(chosen, options=options)})
     check_values(config)
     return config
-
-
-def _annotations(factory) -> dict[str, Any]:
-    """The resolved parameter annotations of a factory function or class ({} if unresolvable)."""
-    try:
-        return typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
-    except Exception:  # annotations naming what the module cannot import: no conversion
-        return {}
 
 
 def check_values(config: Config) -> None:
@@ -615,6 +535,8 @@ def check_values(config: Config) -> None:
 
     check_installed(config.run.loggers)
     if {"segmentation", "seg_linear"} & set(config.run.evals):
+        from mimbench.data import check_label_maps
+
         check_label_maps(config)
     seg = config.segmentation
     if seg.crop is not None and seg.crop < s.patch_size:
@@ -660,16 +582,3 @@ def identity(config: Config) -> str:
     """A short SHA-256 of the whole resolved config: what a run directory's numbers come from."""
     text = json.dumps(to_dict(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def check_label_maps(config) -> None:
-    """Segmentation reads ADE20K or an evaluation dataset that can give label maps."""
-    from mimbench.data import DATASETS
-
-    if config.segmentation.dataset == "ade20k":
-        return
-    factory = DATASETS.get(config.eval_data.name).factory
-    if "labels" not in inspect.signature(factory).parameters:
-        raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
-                          f"does not have; drop segmentation and seg_linear from run.evals, or "
-                          f"use the world or segmentation.dataset=ade20k with segmentation.root.")

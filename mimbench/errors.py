@@ -1,5 +1,7 @@
 """Errors a user can fix. The CLI prints their message as one line and exits non-zero."""
 
+import difflib
+
 
 class MimbenchError(Exception):
     """Something the user can fix: bad config, missing file, unusable weights.
@@ -26,3 +28,9 @@ class TrainingDiverged(MimbenchError):
 
 class Interrupted(MimbenchError):
     """SIGINT or SIGTERM stopped a run between steps; a checkpoint was written to resume from."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'X'?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from mimbench.errors import ConfigError
+from mimbench.errors import ConfigError, did_you_mean
+from mimbench.typed import annotations, coerce
 
 
 @dataclass
@@ -74,6 +75,26 @@ class Registry:
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]
 
+    def checked_options(self, name: str, options: dict, section: str) -> dict:
+        """Entry `name`'s options, each a parameter of its factory (unless the factory takes
+        **kwargs), converted by the parameter's annotation: `--set target.bins=12` arrives as
+        an int, `abc` for an int is refused naming the type."""
+        factory = self.get(name).factory
+        params = inspect.signature(factory).parameters
+        hints = annotations(factory)
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        converted = dict(options)
+        for key, value in options.items():
+            if key not in params and not open_ended:
+                raise ConfigError(f"unknown config key '{section}.{key}'{did_you_mean(key, params)}; "
+                                  f"{section} '{name}' takes: {', '.join(params) or 'no options'}.")
+            if key in hints:
+                try:
+                    converted[key] = coerce(value, hints[key], f"{section}.{key}")
+                except TypeError:  # an annotation the checker does not know: passed as given
+                    pass
+        return converted
+
     def get(self, name: str) -> Entry:
         self._scan_entry_points()
         if name not in self._entries:
@@ -81,7 +102,3 @@ class Registry:
                               f"known: {', '.join(sorted(self._entries))}.")
         return self._entries[name]
 
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""

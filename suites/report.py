@@ -93,6 +93,43 @@ def point_label(point: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items()) or "the default"
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest of m is
+    multiplied by m - i + 1, and no adjusted value is below a smaller p's. A p that could not be
+    computed (NaN: no spread) counts in m as 1."""
+    p = [1.0 if math.isnan(v) else v for v in p_values]
+    adjusted, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(sorted(range(len(p)), key=p.__getitem__)):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def primary_family(suite: Suite, rows: list[dict]) -> list[dict]:
+    """The suite's primary claims ("a above b on metric", at the default grid point), each a
+    paired gap with its Holm-adjusted p over the family and whether the claim holds."""
+    at = [r for r in rows if not r["point"]]
+    gaps = [paired_gap(at, a, b, metric) or {"metric": metric, "a": a, "b": b, "n": 0, "mean": math.nan,
+                                             "low": math.nan, "high": math.nan, "p": math.nan}
+            for a, b, metric in suite.primary]
+    for gap, adjusted in zip(gaps, holm([g["p"] for g in gaps])):
+        gap |= {"p_holm": adjusted, "holds": bool(adjusted < 1 - CONFIDENCE and gap["mean"] > 0)}
+    return gaps
+
+
+def primary_lines(family: list[dict]) -> list[str]:
+    lines = [f"## Primary family: {len(family)} claims, Holm's correction", "",
+             "Each claim is 'a above b'; it holds when the mean gap is positive and its paired "
+             "t-test's p, adjusted by Holm over the family, is below 0.05.", "",
+             "| claim | metric | gap | 95% CI | n | p | Holm p | holds |", "|---|---|---|---|---|---|---|---|"]
+    for g in family:
+        interval = "-" if math.isnan(g["low"]) else f"{g['low']:+.1f}..{g['high']:+.1f}"
+        lines.append(f"| {g['a']} > {g['b']} | {g['metric']} | {g['mean']:+.1f} | {interval} | {g['n']} | "
+                     f"{g['p']:.3g} | {g['p_holm']:.3g} | {'yes' if g['holds'] else 'no'} |")
+    held = sum(g["holds"] for g in family)
+    return lines + ["", f"{held} of {len(family)} claims hold.", ""]
+
+
 def describe_gap(gap: dict) -> str:
     text = f"{gap['a']} vs {gap['b']}: {gap['mean']:+.1f} {gap['metric']}"
     if gap["n"] < 2:
@@ -127,11 +164,15 @@ def ordering(rows: list[dict], metric: str) -> str:
 
 def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"suite": suite.name, "runs": rows}, indent=2))
+    family = primary_family(suite, rows)
+    (out / "results.json").write_text(json.dumps({"suite": suite.name, "runs": rows, "primary": family},
+                                                 indent=2))
     measured = {m for r in rows for m in r["metrics"]}
     metrics = [m for e in suite.evals for m in METRICS[e] if m in measured]
     lines = [f"# Suite `{suite.name}`", "", suite.description.strip(), ""]
     points = list({json.dumps(r["point"], sort_keys=True): r["point"] for r in rows}.values())
+    if family:
+        lines += primary_lines(family) + (["## Other comparisons (uncorrected p)", ""] if suite.compare else [])
     if suite.compare:
         for point in points:
             if len(points) > 1:

@@ -7,15 +7,14 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mimbench import config as cfg
-from mimbench.errors import ConfigError
-from mimbench.registry import did_you_mean
+from mimbench.errors import ConfigError, did_you_mean
 
 SHIPPED = Path(__file__).parent
 RANDOM_INIT = "random"  # the floor: the student's architecture, no pre-training
@@ -23,7 +22,7 @@ SUPERVISED = "supervised"  # that architecture trained with labels, same budget
 TEACHER = "teacher"  # the reference: the suite's teacher target's own network (frozen in probes)
 BASELINES = (RANDOM_INIT, SUPERVISED, TEACHER)
 KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "evals", "compare",
-        "expect", "teacher", "teacher_set", "variants"}
+        "expect", "teacher", "teacher_set", "variants", "primary", "teachers_per_seed"}
 # Per evaluation, the metrics a report tables, headline first; a metric no run has is skipped
 # (mIoU_objects exists where the data has a background class: the world, not ADE20K).
 METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "finetune": ("finetune.top1",),
@@ -83,6 +82,12 @@ class Suite:
     # rows of a target with settings of their own: name -> (target, {key: value}); "{seed}" in
     # a value is the run's seed, so that each seed builds its own teacher
     variants: dict = field(default_factory=dict)
+    # the claims the suite exists to test, as (a, b, metric): "a above b on metric"; the report
+    # corrects their p-values for multiplicity (Holm) within this family only
+    primary: tuple[tuple[str, str, str], ...] = ()
+    # each seed builds its own in-project teachers (teachers.seeded), so that the intervals hold
+    # teacher-build variance as well as the student's
+    teachers_per_seed: bool = False
 
     def points(self) -> list[dict]:
         """The grid's points: the product of a mapping's value lists, or a list's own points."""
@@ -92,38 +97,47 @@ class Suite:
         return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[RunSpec]:
-        keys = [json.dumps(p, sort_keys=True) for p in self.points()]
-        twice = sorted({k for k in keys if keys.count(k) > 1})
+        twice = repeated(json.dumps(p, sort_keys=True) for p in self.points())
         if twice:
-            raise ConfigError(f"suite '{self.name}' lists the grid point {twice[0]} twice; give "
+            raise ConfigError(f"suite '{self.name}' lists the grid point {twice} twice; give "
                               f"each grid point different values.")
-        runs = []
-        for target in self.targets:
-            # a reference row runs once per seed for all grid points that differ only in keys
-            # it does not read (a random-init row ignores mask.ratio)
-            shares: dict[str, list[dict]] = {}
-            for point in self.points():
-                own = {k: v for k, v in point.items() if affects(target, k)}
-                shares.setdefault(json.dumps(own, sort_keys=True), []).append(point)
-            for key, stands_for in shares.items():
-                point = json.loads(key)
-                for seed in self.seeds:
-                    variant, own = self.variants.get(target, (target, {}))
-                    base_target = {TEACHER: self.teacher, RANDOM_INIT: "pixels",
-                                   SUPERVISED: "pixels"}.get(target, variant)  # pixels: shape only
-                    own = self.teacher_set if target == TEACHER else {
-                        k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in own.items()}
-                    chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
-                    config = cfg.resolve(self.preset, target=base_target, settings=chosen)
-                    label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
-                    run_id = "-".join(filter(None, [target, label, f"s{seed}"]))
-                    runs.append(RunSpec(run_id, target, seed, point, config, tuple(stands_for)))
-        ids = [r.id for r in runs]
-        twice = sorted({i for i in ids if ids.count(i) > 1})
+        runs = [run for target in self.targets for run in self.runs_of(target)]
+        twice = repeated(r.id for r in runs)
         if twice:
-            raise ConfigError(f"suite '{self.name}' names two runs '{twice[0]}'; give each grid "
+            raise ConfigError(f"suite '{self.name}' names two runs '{twice}'; give each grid "
                               f"point different values.")
         return runs
+
+    def runs_of(self, row: str) -> list[RunSpec]:
+        """A row's runs. A reference row runs once per seed for all grid points that differ only
+        in keys it does not read (a random-init row ignores mask.ratio)."""
+        shares: dict[str, list[dict]] = {}
+        for point in self.points():
+            own = {k: v for k, v in point.items() if affects(row, k)}
+            shares.setdefault(json.dumps(own, sort_keys=True), []).append(point)
+        runs = []
+        for key, stands_for in shares.items():
+            point = json.loads(key)
+            label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
+            for seed in self.seeds:
+                target, own = self.row_settings(row, seed)
+                chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
+                config = cfg.resolve(self.preset, target=target, settings=chosen)
+                if self.teachers_per_seed:
+                    config = with_seeded_teachers(config, seed)
+                run_id = "-".join(filter(None, [row, label, f"s{seed}"]))
+                runs.append(RunSpec(run_id, row, seed, point, config, tuple(stands_for)))
+        return runs
+
+    def row_settings(self, row: str, seed: int) -> tuple[str | None, dict]:
+        """The target a row's runs resolve (None: the preset's, which the random-init and
+        supervised rows do not read) and the row's own settings at `seed`."""
+        if row == TEACHER:
+            return self.teacher, self.teacher_set
+        if row in (RANDOM_INIT, SUPERVISED):
+            return None, {}
+        target, own = self.variants.get(row, (row, {}))
+        return target, {k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in own.items()}
 
 
 # The config sections a reference row does not read: its runs are shared across grid points
@@ -132,6 +146,24 @@ class Suite:
 IGNORED_SECTIONS = {RANDOM_INIT: {"mask", "target", "data", "optim"},
                     TEACHER: {"mask", "data", "optim"},
                     SUPERVISED: {"mask", "target"}}
+
+
+def with_seeded_teachers(config: cfg.Config, seed: int) -> cfg.Config:
+    """`config` with every in-project teacher its target loads ('teacher:NAME' options) built
+    with `seed`, and the teachers those are built from."""
+    from mimbench import teachers
+
+    options = {key: teachers.PREFIX + teachers.seeded(value[len(teachers.PREFIX):], seed)
+               if isinstance(value, str) and value.startswith(teachers.PREFIX) else value
+               for key, value in config.target.options.items()}
+    return replace(config, target=replace(config.target, options=options))
+
+
+def repeated(items) -> str | None:
+    """The first (in sorted order) of the items that occur more than once; None if none does."""
+    items = list(items)
+    twice = sorted({i for i in items if items.count(i) > 1})
+    return twice[0] if twice else None
 
 
 def affects(target: str, key: str) -> bool:
@@ -193,10 +225,7 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
         raise ConfigError(f"suite file '{path}' is not valid YAML ({e.problem}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"suite file '{path}' must be a mapping of {', '.join(sorted(KEYS))}.")
-    for key in data:
-        if key not in KEYS:
-            raise ConfigError(f"unknown suite key '{key}'{did_you_mean(key, KEYS)} in '{path}'; "
-                              f"keys are: {', '.join(sorted(KEYS))}.")
+    refuse_unknown(data, sorted(KEYS), "suite key", path)
     variants = _variants(data.get("variants") or {}, path)
     targets = _targets(data, path, variants)
     seeds = _list(data, "seeds", [0])
@@ -213,16 +242,15 @@ def load(name_or_path: str, preset: str | None = None, overrides: tuple[str, ...
     if overrides:
         evals = _apply_overrides(overrides, settings, evals)
         name = f"{name}-set{hashlib.sha256(' '.join(overrides).encode()).hexdigest()[:6]}"
-    for evaluation in evals:
-        if evaluation not in RESULT_NAMES:
-            raise ConfigError(f"unknown evaluation '{evaluation}'{did_you_mean(str(evaluation), RESULT_NAMES)} "
-                              f"in suite '{path}'; evaluations are: {', '.join(RESULT_NAMES)}.")
+    refuse_unknown(evals, list(RESULT_NAMES), "evaluation", path)
     suite = Suite(name=name, description=str(data.get("description", "")),
                   preset=preset or str(data.get("preset", "tiny")), targets=tuple(targets),
                   seeds=tuple(seeds), grid=grid, set=settings,
                   evals=tuple(evals), compare=tuple(tuple(p) for p in pairs), expect=expect,
                   source=path, teacher=str(data.get("teacher", "clip")),
-                  teacher_set=dict(data.get("teacher_set") or {}), variants=variants)
+                  teacher_set=dict(data.get("teacher_set") or {}), variants=variants,
+                  primary=_primary(data.get("primary"), targets, evals),
+                  teachers_per_seed=_flag(data, "teachers_per_seed"))
     suite.runs()  # resolves every config: unknown keys and bad values fail here
     return suite
 
@@ -251,12 +279,16 @@ def _targets(data: dict, path: Path, variants: dict) -> list:
     from mimbench.targets import TARGETS
 
     targets = _list(data, "targets")
-    known = [*TARGETS.names(), *BASELINES, *variants]
-    for target in targets:
-        if target not in known:
-            raise ConfigError(f"unknown target '{target}'{did_you_mean(str(target), known)} in suite "
-                              f"'{path}'; targets are: {', '.join(known)}.")
+    refuse_unknown(targets, [*TARGETS.names(), *BASELINES, *variants], "target", path)
     return targets
+
+
+def refuse_unknown(items, known: list[str], what: str, path: Path) -> None:
+    """One sentence, with did-you-mean, for the first of `items` not in `known`."""
+    for item in items:
+        if item not in known:
+            raise ConfigError(f"unknown {what} '{item}'{did_you_mean(str(item), known)} in suite "
+                              f"'{path}'; the {what}s are: {', '.join(known)}.")
 
 
 def _grid(grid):
@@ -284,6 +316,30 @@ def _pairs(compare, targets: list) -> list:
         raise ConfigError(f"suite 'compare' must name two of its targets, or list such pairs "
                           f"(e.g. [[clip, dvae], [clip, random]]), not {compare!r}.")
     return pairs
+
+
+def _primary(primary, targets: list, evals: list) -> tuple:
+    """primary: {compare: pairs, metrics: [...]} -> every (a, b, metric) of the family."""
+    if primary is None:
+        return ()
+    metrics = [m for e in evals for m in METRICS[e]]
+    if not isinstance(primary, dict) or set(primary) != {"compare", "metrics"} \
+            or not isinstance(primary["metrics"], list) or not primary["metrics"]:
+        raise ConfigError(f"suite 'primary' must be a mapping of compare (pairs of targets) and "
+                          f"metrics (a list, among {', '.join(metrics)}), not {primary!r}.")
+    for metric in primary["metrics"]:
+        if metric not in metrics:
+            raise ConfigError(f"primary metric '{metric}'{did_you_mean(str(metric), metrics)} is not "
+                              f"measured by the suite's evaluations; they measure: {', '.join(metrics)}.")
+    pairs = _pairs(primary["compare"], targets)
+    return tuple((a, b, metric) for metric in primary["metrics"] for a, b in pairs)
+
+
+def _flag(data: dict, key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"suite '{key}' must be true or false, not {value!r}.")
+    return value
 
 
 def _apply_overrides(overrides: tuple[str, ...], settings: dict, evals: list) -> list:

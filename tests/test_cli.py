@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import mimbench
 from mimbench.cli import main
+from tests.conftest import evaluated, wait_until
 
 
 def test_version_and_help(cli):
@@ -197,9 +198,7 @@ def test_eval_a_targets_own_features(cli, tmp_path):
     """`eval knn --model target:clip`: the teacher's frozen features, probed; fine-tuning a
     target without a network to train is refused in one sentence."""
     out = tmp_path / "teacher"
-    result = cli("eval", "knn", "--model", "target:clip", "--preset", "smoke", "--out", out)
-    assert result.returncode == 0, result.stderr
-    knn = json.loads((out / "results.json").read_text())["evals"]["knn"]
+    knn = evaluated("knn", "--model", "target:clip", "--preset", "smoke", out=out, name="knn")
     assert knn["card"]["model"] == "target:clip" and "features average-pooled" in knn["card"]["features"]
     assert knn["card"]["k"] == 20 and knn["card"]["train"]["size"] == 256
     _fails_cleanly(cli("eval", "finetune", "--model", "target:pixels", "--preset", "smoke", "--out", out),
@@ -248,15 +247,12 @@ def test_one_writer_per_run_directory(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "run"
     args = [sys.executable, "-m", "mimbench", "pretrain", "--preset", "smoke", "--target", "pixels",
             "--out", str(out), "--set", "optim.steps=100000", "--set", "run.checkpoint_every=5"]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until((out / "checkpoint.pt").exists, first, poll=0.1)
     assert (out / "checkpoint.pt").exists(), "the first run never started training"
     second = subprocess.run([*args[:-4], "--out", str(tmp_path / "other")], capture_output=True, text=True)
     assert second.returncode == 0  # another folder: no conflict
@@ -269,14 +265,14 @@ def test_one_writer_per_run_directory(tmp_path):
     again = subprocess.Popen([sys.executable, "-m", "mimbench", "pretrain", "--resume", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
-    deadline = time.time() + 120
-    while time.time() < deadline and again.poll() is None:
+
+    def trains_on():  # the resumed run took the folder
         try:
-            if torch.load(out / "checkpoint.pt", weights_only=True)["step"] > step:
-                break  # the resumed run took the folder and trains on
+            return torch.load(out / "checkpoint.pt", weights_only=True)["step"] > step
         except Exception:  # being replaced right now
-            pass
-        time.sleep(0.2)
+            return False
+
+    wait_until(trains_on, again, poll=0.2)
     assert again.poll() is None, again.stderr.read()
     again.kill()
     again.wait()
@@ -286,10 +282,8 @@ def test_eval_of_a_checkpoint_file_uses_its_saved_student_shape(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", run,
                "--set", "student.embed_dim=48", "--set", "student.depth=3").returncode == 0
-    result = cli("eval", "knn", "--checkpoint", run / "checkpoint.pt", "--preset", "smoke",
-                 "--out", tmp_path / "eval")
-    assert result.returncode == 0, result.stderr
-    card = json.loads((tmp_path / "eval" / "results.json").read_text())["evals"]["knn"]["card"]
+    card = evaluated("knn", "--checkpoint", run / "checkpoint.pt", "--preset", "smoke",
+                     out=tmp_path / "eval", name="knn")["card"]
     assert card["features"] == "avg-pooled block 2"  # the saved depth 3, not smoke's 2
 
 

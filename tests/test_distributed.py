@@ -6,12 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_resume import last_logged_step, losses
+from tests.conftest import assert_losses_match, last_logged_step, resume_matches, run_cli, wait_until
 
 STEPS = 6
 COMMON = ["pretrain", "--preset", "smoke", "--target", "pixels", "--set", "run.log_every=1",
@@ -32,6 +30,16 @@ def torchrun(out, steps, nproc=2):
     return command, {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def torchrun_at_step(out, steps, step, stderr=subprocess.DEVNULL):
+    """A 2-process run of `steps` steps started in a session of its own, returned once it has
+    logged `step`."""
+    command, env = torchrun(out, steps)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                            start_new_session=True)
+    wait_until(lambda: last_logged_step(out) >= step, proc, timeout=240)
+    return proc
+
+
 def kill_torchrun(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun and its workers at once, as a lost node. torchrun starts each worker in
     a session of its own, so killing torchrun's process group alone leaves them training."""
@@ -49,10 +57,7 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(tmp_path)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "effective batch 8 = 4 per process x 2 process(es)" in result.stderr
-    one, two = losses(single), losses(double)
-    assert sorted(two) == list(range(1, STEPS + 1))  # rank 0 alone logs, each step once
-    for step in range(1, STEPS + 1):
-        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert_losses_match(double, single, STEPS, rel=1e-4)  # rank 0 alone logs, each step once
     saved = json.loads((double / "results.json").read_text())["pretrain"]
     assert saved["world_size"] == 2 and saved["effective_batch"] == 8
 
@@ -61,26 +66,15 @@ def test_two_process_run_killed_then_resumed_in_one_process(tmp_path):
     steps = 30
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     single_process_run(reference, steps)
-    command, env = torchrun(killed, steps)
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while last_logged_step(killed) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    kill_torchrun(proc)
+    kill_torchrun(torchrun_at_step(killed, steps, 5))
     stopped_at = last_logged_step(killed)
     assert 5 <= stopped_at < steps, "the run was not killed mid-training"
 
-    result = run_cli("pretrain", "--resume", killed)  # one process, batch 4: accumulates 2
-    assert result.returncode == 0, result.stderr
+    result = resume_matches(killed, reference, steps, rel=1e-4)  # one process, batch 4: accumulates 2
     assert "effective batch 8 = 4 per process x 1 process(es) x 2 accumulation" in result.stderr
     saved = json.loads((killed / "results.json").read_text())
     assert saved["pretrain"]["steps"] == steps
     assert (killed / "config.yaml").read_text().count("batch_size: 4") == 1
-    resumed, uninterrupted = losses(killed), losses(reference)
-    assert sorted(resumed) == list(range(1, steps + 1))
-    for step in range(1, steps + 1):
-        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
 
 
 # The paper preset with timm's BEiT student (shared relative position bias, layer scale) at
@@ -116,10 +110,7 @@ def test_paper_preset_under_torchrun_equals_one_process_at_the_same_effective_ba
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "effective batch 8 = 4 per process x 2 process(es) x 1 accumulation" in two.stderr
-    single, double = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert sorted(double) == [1, 2, 3, 4]
-    for step in range(1, 5):
-        assert double[step] == pytest.approx(single[step], rel=1e-4), step
+    assert_losses_match(tmp_path / "two", tmp_path / "one", 4, rel=1e-4)
 
 
 def rank_of(pid: str) -> int:
@@ -134,12 +125,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes_exactly(tm
     steps = 30
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     single_process_run(reference, steps)
-    command, env = torchrun(stopped, steps)
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    deadline = time.time() + 240
-    while last_logged_step(stopped) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    proc = torchrun_at_step(stopped, steps, 5, stderr=subprocess.PIPE)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     os.kill(int(next(pid for pid in workers if rank_of(pid) == 1)), signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -147,9 +133,4 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes_exactly(tm
     stopped_at = last_logged_step(stopped)
     assert 5 <= stopped_at < steps, "the run was not stopped mid-training"
 
-    resumed = run_cli("pretrain", "--resume", stopped)
-    assert resumed.returncode == 0, resumed.stderr
-    after, uninterrupted = losses(stopped), losses(reference)
-    assert sorted(after) == list(range(1, steps + 1))
-    for step in range(1, steps + 1):
-        assert after[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+    resume_matches(stopped, reference, steps, rel=1e-4)

@@ -256,7 +256,7 @@ def test_compiled_student_trains_as_the_eager_one(tmp_path):
     """run.compile (torch.compile of the student; faster on a GPU, docs/performance.md) leaves
     the losses as they are, to float rounding."""
     from tests.conftest import run_cli
-    from tests.test_resume import losses
+    from tests.conftest import losses
 
     for name, flag in (("eager", "false"), ("compiled", "true")):
         result = run_cli("pretrain", "--preset", "smoke", "--target", "pixels", "--set",

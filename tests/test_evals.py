@@ -1,5 +1,4 @@
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from mimbench.evals.probe_heads import lbfgs_probe, mae_probe
 from mimbench.evals.segmentation import feature_blocks
 from mimbench.evals.training import set_drop_path
 from mimbench.optim import param_groups
+from tests.conftest import evaluated
 
 
 def separable(n=600, dim=16, classes=4, seed=0):
@@ -169,13 +169,12 @@ def test_lars_step_equals_the_rule_computed_by_hand():
     assert torch.allclose(b.detach(), torch.tensor([1.0 - 0.5 * 0.25 - 0.5 * (0.9 * 0.25 + 0.25)]))
 
 
-def test_eval_a_timm_baseline_from_the_cli(cli, tmp_path):
-    out = tmp_path / "eval"
-    result = cli("eval", "linear", "--model", "timm:random", "--preset", "smoke", "--out", out)
-    assert result.returncode == 0, result.stderr
-    probe = json.loads((out / "results.json").read_text())["evals"]["linear_probe"]
+def test_eval_a_timm_baseline_from_the_cli(tmp_path):
+    probe = evaluated("linear", "--model", "timm:random", "--preset", "smoke", out=tmp_path / "eval",
+                      name="linear_probe")
     card = probe["card"]
-    assert 0 <= probe["top1"] <= 100 and card["protocol"] == "lbfgs" and card["classes"] == 8
+    correct = probe["top1"] * card["val"]["size"] / 100  # top-1 is a count of the 128 val images
+    assert abs(correct - round(correct)) < 1e-6 and card["protocol"] == "lbfgs" and card["classes"] == 8
     assert card["train"]["fingerprint"] and card["val"]["size"] == 128 and "wall_time_s" in card
 
 

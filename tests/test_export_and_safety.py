@@ -13,7 +13,7 @@ from mimbench.run_dir import RunDir
 from mimbench.errors import MimbenchError
 from mimbench.student import Student
 from mimbench.targets.pixels import PixelTarget
-from tests.conftest import run_cli
+from tests.conftest import evaluated, run_cli
 
 SMOKE = ("optim.steps=4", "run.checkpoint_every=2")
 
@@ -97,10 +97,8 @@ def test_export_writes_a_model_card_with_the_runs_results(tmp_path):
 def test_exported_folder_is_evaluated_like_a_checkpoint(trained_run, tmp_path):
     out = tmp_path / "exported"
     assert run_cli("export", trained_run.path, "--out", out).returncode == 0
-    result = run_cli("eval", "linear", "--checkpoint", out, "--preset", "smoke",
-                     "--out", tmp_path / "eval")
-    assert result.returncode == 0, result.stderr
-    card = json.loads((tmp_path / "eval" / "results.json").read_text())["evals"]["linear_probe"]["card"]
+    card = evaluated("linear", "--checkpoint", out, "--preset", "smoke", out=tmp_path / "eval",
+                     name="linear_probe")["card"]
     assert card["model"] == f"exported model {out}"
 
 

@@ -9,7 +9,7 @@ import yaml
 from mimbench import config as cfg
 from mimbench.optim import split_batch
 from mimbench.errors import ConfigError
-from tests.conftest import run_cli, write_images
+from tests.conftest import last_logged_step, run_cli, start_cli, wait_until, write_images
 
 SMOKE = ["--preset", "smoke", "--target", "pixels"]
 
@@ -138,19 +138,10 @@ def test_a_second_run_on_a_busy_directory_is_refused_before_reading_it(tmp_path)
     """Two runs started on one --out: the second is refused in one sentence, having read
     nothing of the first's (its lock is taken before any state is read), and the first
     finishes untouched."""
-    import subprocess
-    import sys
-    import time
-
-    from tests.test_resume import last_logged_step
-
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "mimbench", "pretrain", *SMOKE, "--set",
-                              "optim.steps=300", "--set", "run.checkpoint_every=1", "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while last_logged_step(out) < 2 and time.time() < deadline:
-        time.sleep(0.02)
+    first = start_cli("pretrain", *SMOKE, "--set", "optim.steps=300", "--set", "run.checkpoint_every=1",
+                      "--out", out)
+    wait_until(lambda: last_logged_step(out) >= 2, first)
     second = run_cli("pretrain", "--preset", "smoke", "--target", "dvae", "--out", out)
     assert f"'{out}' is being written by process {first.pid}" in one_sentence(second)
     assert "size mismatch" not in second.stderr

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import yaml
 from PIL import Image
 
 from tests.test_ade20k import make_ade
+from tests.conftest import last_logged_step, wait_until
 from tests.test_distributed import kill_torchrun
-from tests.test_resume import last_logged_step
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
 
@@ -82,9 +81,7 @@ def test_documented_torchrun_commands_pretrain_resume_and_evaluate(tmp_path):
     proc = subprocess.Popen([*as_here(first, tmp_path), "--config", str(tmp_path / "reduced.yaml")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.time() + 900
-    while last_logged_step(out) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    wait_until(lambda: last_logged_step(out) >= 2, proc, timeout=900, poll=0.05)
     if proc.poll() is not None:
         pytest.fail(f"the first command ended before its first checkpoint: {proc.stderr.read()[-3000:]}")
     kill_torchrun(proc)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from mimbench.errors import ConfigError
 from mimbench.evals.backbone import load_backbone
 from mimbench.evals.source import ModelSource
 from mimbench.suites import report, runner, schema
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_cli, wait_until
 
 SMALL = """
 name: small
@@ -34,6 +35,9 @@ compare: [pixels, random]
 
 @pytest.mark.parametrize("text, words", [
     (SMALL + "colour: red\n", "unknown suite key 'colour'"),
+    (SMALL + "primary: {compare: [pixels, random], metrics: [knn.top1]}\n", "primary metric 'knn.top1'"),
+    (SMALL + "primary: {compare: [pixels, clip], metrics: [linear_probe.top1]}\n", "must name two of its targets"),
+    (SMALL + "teachers_per_seed: yes please\n", "'teachers_per_seed' must be true or false"),
     (SMALL.replace("[pixels, random]\nseeds", "[pixles, random]\nseeds"), "unknown target 'pixles'"),
     (SMALL + "grid:\n  mask.ratio: []\n", "'mask.ratio' must be a non-empty list"),
     (SMALL.replace("seeds: [0, 1]", "seeds: []"), "'seeds' must be a non-empty list"),
@@ -196,14 +200,10 @@ def last_finished(out):
 
 
 def test_interrupted_suite_continues_without_redoing_finished_runs(tmp_path):
-    suite = tmp_path / "small.yaml"
+    suite, out = tmp_path / "small.yaml", tmp_path / "out"
     suite.write_text(SMALL)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mimbench", "suite", "run", str(suite), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not last_finished(out) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_cli("suite", "run", suite, "--out", out)
+    wait_until(lambda: last_finished(out), proc, timeout=240, poll=0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = last_finished(out)
@@ -441,6 +441,57 @@ def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
     assert "random at mask.ratio" not in report and "pixels at mask.ratio=0.5" in report
 
 
+def test_holm_adjusts_a_family_as_computed_by_hand():
+    # sorted p 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> kept monotone 0.06
+    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert report.holm([0.2, float("nan")]) == pytest.approx([0.4, 1.0])  # NaN counts, as p = 1
+
+
+def test_the_primary_family_is_reported_with_holm_and_the_rest_uncorrected(tmp_path):
+    """Three claims with p of about 1e-5, 0.046 and 0.86 (paired t over 4 seeds): alone the
+    second is significant; under Holm (x2) it is not, and the third points the wrong way."""
+    values = {"a": [10.0, 11.0, 12.0, 13.0], "b": [5.0, 6.2, 6.8, 8.1], "c": [9.0, 9.0, 11.5, 10.5],
+              "d": [11.0, 10.0, 13.5, 12.0]}
+    rows = [{"target": t, "seed": s, "point": {}, "metrics": {"m": v}, "loss_curve": None, "folder": ""}
+            for t, vs in values.items() for s, v in enumerate(vs)]
+    suite = schema.Suite(name="s", description="", preset="smoke", targets=("a", "b", "c", "d"),
+                         seeds=(0, 1, 2, 3), grid={}, set={}, evals=("linear",), compare=(("a", "d"),),
+                         expect=(), source=tmp_path, primary=(("a", "b", "m"), ("a", "c", "m"), ("d", "a", "m")))
+    family = report.primary_family(suite, rows)
+    expected = [stats.ttest_rel(values[x], values[y]).pvalue for x, y, _ in suite.primary]
+    assert [g["p"] for g in family] == pytest.approx(expected)
+    assert expected[0] < 0.025 and 0.025 < expected[1] < 0.05  # significant alone, not under Holm
+    assert [g["holds"] for g in family] == [True, False, False]
+    assert family[1]["p_holm"] == pytest.approx(2 * expected[1])
+    report.write_report(suite, rows, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Primary family: 3 claims, Holm's correction" in text and "1 of 3 claims hold." in text
+    assert "## Other comparisons (uncorrected p)" in text
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["primary"]
+    assert [g["holds"] for g in saved] == [True, False, False]
+
+
+def test_teachers_per_seed_builds_every_in_project_teacher_and_its_parent_with_the_runs_seed(tmp_path):
+    """teachers_per_seed: seed 1's clip row loads a clip teacher built with seed 1, its vqkd
+    row a tokenizer built with seed 1 from that same clip teacher; seed 0 keeps the preset's."""
+    path = tmp_path / "seeded.yaml"
+    path.write_text("preset: smoke\ntargets: [clip, vqkd]\nseeds: [0, 1]\nevals: [linear]\n"
+                    "teachers_per_seed: true\nset: {optim.steps: 2}\n")
+    runs = {r.id: r for r in schema.load(str(path)).runs()}
+    assert runs["clip-s1"].config.target.options["model"] == "teacher:clip-smoke?seed=1"
+    assert runs["vqkd-s1"].config.target.options["weights"] == "teacher:vqkd-smoke?seed=1&teacher=clip-smoke?seed=1"
+    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    used = {r: json.loads((tmp_path / "out" / "runs" / r / "results.json").read_text())["target"]["teachers"]
+            for r in runs}
+    clip = {s: next(iter(used[f"clip-s{s}"].values()))["sha256"] for s in (0, 1)}
+    assert clip[0] != clip[1]
+    for seed in (0, 1):
+        [vqkd_folder] = [t["folder"] for t in used[f"vqkd-s{seed}"].values()]
+        built_from = json.loads((Path(vqkd_folder) / "report.json").read_text())["built_from"]
+        assert list(built_from.values()) == [clip[seed]]
+
+
 def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(tmp_path):
     """variants: a row 'clip-unnamed' is the clip target with its own target.model; '{seed}'
     makes each seed build its own teacher (teacher-build variance in the intervals). The shipped
@@ -498,9 +549,7 @@ def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_pat
     command = [sys.executable, "-m", "mimbench", "suite", "run", str(path), "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(out.glob("runs/pixels-s*/checkpoint.pt")):
-        time.sleep(0.05)
+    wait_until(lambda: list(out.glob("runs/pixels-s*/checkpoint.pt")), proc, timeout=180, poll=0.05)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr[-2000:]

@@ -1,33 +1,22 @@
 """A feature target on another grid than the student's is mapped onto it by the core."""
 
-import json
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 
 from mimbench import config as cfg
 from mimbench.targets.source import build_target_for
 from mimbench.errors import ConfigError
+from tests.test_targets import CLIP_MEAN, CLIP_STD, save_resnet_clip
 
-CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")
 def resnet_clip(tmp_path_factory):
     """A tiny ResNet-tower CLIP (the tiny teacher's shape) with random weights in a folder."""
     folder = tmp_path_factory.mktemp("clip")
-    model_cfg = {"embed_dim": 32, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16,
-                                                 "head_width": 16, "image_size": 64},
-                 "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2,
-                              "layers": 1}}
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**model_cfg).eval()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return model, folder
+    return save_resnet_clip(folder), folder
 
 
 def stage_map(model, view, stage):

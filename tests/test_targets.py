@@ -1,6 +1,6 @@
 """The real targets against the libraries' own computations, with random weights in local files."""
 
-
+import json
 import open_clip
 import pytest
 import torch
@@ -52,17 +52,22 @@ def test_clip_normalize_options(vit_b16_file):
     assert torch.allclose(ln, expected_ln, atol=1e-4)
 
 
+def save_resnet_clip(folder):
+    """A tiny ResNet-tower CLIP (the tiny teacher's shape) with random weights, saved in
+    open_clip's local-dir layout; returns the model."""
+    model_cfg = {"embed_dim": 32, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
+                                                 "image_size": 64},
+                 "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**model_cfg).eval()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return model
+
+
 def test_clip_resnet_tower_gives_a_stage_as_grid(tmp_path):
     """A tiny ResNet-tower CLIP through open_clip's local-dir path: one stage's map is the grid."""
-    import json
-
-    cfg = {"embed_dim": 32, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
-                                           "image_size": 64},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**cfg).eval()
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    torch.save(model.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    model = save_resnet_clip(tmp_path)
     target = clip_target(model=f"local-dir:{tmp_path}", weights=None, layer=2)
     assert target.spec.grid == (8, 8) and target.spec.dim == 128
     view = torch.rand(2, 3, 64, 64)

@@ -10,22 +10,28 @@ from mimbench.evals.segmentation import segmentation
 from mimbench.evals.tower import target_tower
 
 
+def stage_and_feature(config, provider, stage, count):
+    """The tower's `stage` (0-based) on `count` val images normalised as the student's, and
+    `provider` on the same images as its own views; both [count, h*w, C]."""
+    tower, _ = target_tower(config)
+    tower.eval()
+    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(count))]
+    size = provider.spec.input_size
+    with torch.no_grad():
+        fmap = tower.stages(student_batch(images, size))[stage]  # [count, C, h, w]
+    views = resize_all([uint8_tensor(im) for im in images], size, "bicubic")  # [count, S, S, 3]
+    return fmap.flatten(2).transpose(1, 2), provider(views.permute(0, 3, 1, 2).float() / 255)
+
+
 def test_tower_stage_2_is_the_clip_targets_feature():
     """Fed images normalised as the student's, the tower's stage 2 is what the clip target
     (layer 2, its own normalisation) regresses: the conversion and the stage order are right."""
     config = cfg.resolve("smoke", target="clip")
     provider = build_target_for(config)
+    stage2, expected = stage_and_feature(config, provider, 1, 6)
+    assert torch.allclose(stage2, expected, atol=1e-4)
     tower, description = target_tower(config)
-    tower.eval()
-    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(6))]
-    size = provider.spec.input_size
-    with torch.no_grad():
-        stage2 = tower.stages(student_batch(images, size))[1]  # [6, C, h, w]
-    views = resize_all([uint8_tensor(im) for im in images], size, "bicubic")  # [6, S, S, 3]
-    views = views.permute(0, 3, 1, 2).float() / 255
-    expected = provider(views)  # [6, h*w, C]
-    assert torch.allclose(stage2.flatten(2).transpose(1, 2), expected, atol=1e-4)
-    assert tower.input_size == size and "own network" in description
+    assert tower.input_size == provider.spec.input_size and "own network" in description
 
 
 def test_segmentation_trains_the_towers_stages():
@@ -46,12 +52,5 @@ def test_tower_of_a_resampled_target_layer():
     config = cfg.resolve("smoke", target="clip", overrides=("target.layer=1",))
     provider = build_target_for(config)
     assert provider.provider.spec.grid == (8, 8) and provider.spec.grid == config.student.grid
-    tower, _ = target_tower(config)
-    tower.eval()
-    images = [image for image, _ in (eval_dataset(config, "val")[i] for i in range(4))]
-    size = provider.spec.input_size
-    with torch.no_grad():
-        stage1 = tower.stages(student_batch(images, size))[0]  # [4, C, 8, 8]
-    views = resize_all([uint8_tensor(im) for im in images], size, "bicubic")
-    expected = provider.provider(views.permute(0, 3, 1, 2).float() / 255)  # [4, 64, C]
-    assert torch.allclose(stage1.flatten(2).transpose(1, 2), expected, atol=1e-4)
+    stage1, expected = stage_and_feature(config, provider.provider, 0, 4)  # [4, 64, C] each
+    assert torch.allclose(stage1, expected, atol=1e-4)

@@ -3,6 +3,9 @@ array (the world's, which skips two conversions a sample), and label -1 when unl
 
 from __future__ import annotations
 
+import inspect
+
+from mimbench.errors import ConfigError
 from mimbench.registry import Registry
 
 DATASETS = Registry("dataset", group="mimbench.datasets")
@@ -18,4 +21,17 @@ for _name, _value in {"ade20k": "mimbench.data.ade20k:ADE20K", "folder": "mimben
                       "world": "mimbench.data.world:World"}.items():
     DATASETS.register_lazily(_name, _value)
 
-__all__ = ["DATASETS", "build_dataset"]
+
+
+def check_label_maps(config) -> None:
+    """Segmentation reads ADE20K or an evaluation dataset that can give label maps."""
+    if config.segmentation.dataset == "ade20k":
+        return
+    factory = DATASETS.get(config.eval_data.name).factory
+    if "labels" not in inspect.signature(factory).parameters:
+        raise ConfigError(f"segmentation needs label maps, which dataset '{config.eval_data.name}' "
+                          f"does not have; drop segmentation and seg_linear from run.evals, or "
+                          f"use the world or segmentation.dataset=ade20k with segmentation.root.")
+
+
+__all__ = ["DATASETS", "build_dataset", "check_label_maps"]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from mimbench.errors import ConfigError
-from mimbench.registry import did_you_mean
+from mimbench.errors import ConfigError, did_you_mean
 from mimbench.teachers.base import FIT_STATE, Progress, Teacher, sha256
 from mimbench.weights import cache_dir
 
@@ -80,6 +79,23 @@ def get(reference: str) -> Teacher:
         except ValueError:
             raise ConfigError(f"teacher option {key}={value!r} is not a {type(default).__name__}.") from None
     return dataclasses.replace(teacher, config=dataclasses.replace(teacher.config, **changes))
+
+
+def seeded(reference: str, seed: int) -> str:
+    """`reference` built with `seed`, and so is the teacher it is built from:
+    seeded('vqkd', 1) == 'vqkd?seed=1&teacher=clip?seed=1'. A seed the reference gives is kept,
+    and so is a parent given with its own seed."""
+    teacher = get(reference)
+    name, _, given = reference.partition("?")
+    options = dict(option.partition("=")[::2] for option in filter(None, given.split("&")))
+    options.setdefault("seed", str(seed))
+    for parent in teacher.parents:
+        if "?" not in parent:
+            options["teacher"] = seeded(parent, int(options["seed"]))
+        elif "seed=" not in parent:
+            raise ConfigError(f"teacher reference '{reference}' names its parent with options "
+                              f"('{parent}') but no seed; add seed=N to it, or leave it plain.")
+    return f"{name}?" + "&".join(f"{k}={v}" for k, v in options.items())
 
 
 def cached(name: str) -> bool:
