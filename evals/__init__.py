@@ -86,6 +86,9 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
         else:
             result = segmentation(encoder, config, description, progress, preset)
         result["card"]["wall_time_s"] = time.perf_counter() - started
+        per_image = result.pop("per_image", None)
+        if per_image is not None:
+            result["card"]["predictions"] = run.write_predictions(RESULT_NAMES[name], *per_image)
         if stopped:
             result["partial"] = stopped  # printed beside every number of this result
         results.setdefault("evals", {})[RESULT_NAMES[name]] = result

@@ -86,15 +86,21 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
     return model, losses
 
 
-def top1(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0,
-         workers: int = 0) -> float:
-    correct = 0
+def predict(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0,
+            workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted classes [N] of a dataset's images (centre views) and their labels [N]."""
+    predicted, labels = [], []
     device = next(model.parameters()).device
     with torch.no_grad(), autocast(device, amp):
         for x, y in labelled_batches(dataset, 256, CentreView(size, crop_pct), workers=workers,
                                      pin_memory=device.type == "cuda"):
-            correct += (model(to_device(x, device)).argmax(1).cpu() == y).sum().item()
-    return correct / len(dataset) * 100
+            predicted.append(model(to_device(x, device)).argmax(1).cpu())
+            labels.append(y)
+    return torch.cat(predicted), torch.cat(labels)
+
+
+def top1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predicted == labels).sum().item() / len(labels) * 100
 
 
 def finetune_steps(cfg, train_size: int) -> int:
@@ -124,6 +130,6 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
                     "fingerprint": fingerprint(val_set, config.eval_data.name, config.eval_data.val)},
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed,
             "reference": REFERENCES.get(preset)}
-    return {"top1": top1(model, val_set, size, config.optim.amp, config.eval_data.crop_pct,
-                         config.eval_data.num_workers),
-            "card": card}
+    predicted, labels = predict(model, val_set, size, config.optim.amp, config.eval_data.crop_pct,
+                                config.eval_data.num_workers)
+    return {"top1": top1(predicted, labels), "card": card, "per_image": (predicted, labels)}

@@ -51,4 +51,4 @@ def knn_probe(model: FrozenModel, config, cache: Path | None = None, progress=No
                             config.knn.temperature, device=resolve_device(config.run.device))
     top1 = (predicted == data.val_y).float().mean().item() * 100
     card = {"protocol": "DINO weighted k-NN", **dataclasses.asdict(config.knn), **data.card}
-    return {"top1": top1, "card": card}
+    return {"top1": top1, "card": card, "per_image": (predicted, data.val_y)}

@@ -20,13 +20,13 @@ def linear_probe(model: FrozenModel, config, cache: Path | None = None, progress
                  preset: str | None = None) -> dict:
     """Top-1 of a linear classifier on frozen features; the result with its protocol card."""
     cfg = config.linear
-    train_x, train_y, val_x, val_y, classes, data_card = labelled_features(model, config, cache, progress,
-                                                                           "linear probe")
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # standardise with train statistics
-    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    data = labelled_features(model, config, cache, progress, "linear probe")
+    mean, std = data.train_x.mean(0), data.train_x.std(0) + 1e-6  # standardise with train statistics
+    train_x, val_x = (data.train_x - mean) / std, (data.val_x - mean) / std
     probe = lbfgs_probe if cfg.protocol == "lbfgs" else mae_probe
-    top1, details = probe(train_x, train_y, val_x, val_y, classes, cfg, config.run.seed)
-    card = {"protocol": cfg.protocol, **dataclasses.asdict(cfg), **data_card,
+    predicted, details = probe(train_x, data.train_y, val_x, data.classes, cfg, config.run.seed)
+    card = {"protocol": cfg.protocol, **dataclasses.asdict(cfg), **data.card,
             "standardised": "each feature with train statistics", "seed": config.run.seed,
             **details, "reference": REFERENCES.get(preset)}
-    return {"top1": top1, "card": card}
+    return {"top1": (predicted == data.val_y).float().mean().item() * 100, "card": card,
+            "per_image": (predicted, data.val_y)}

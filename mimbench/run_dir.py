@@ -7,6 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from mimbench import checkpoint, config as cfg, run_lock
 from mimbench.config import Config
 from mimbench.errors import MimbenchError
@@ -14,7 +17,8 @@ from mimbench.trackers import Trackers
 
 
 class RunDir:
-    """The files of one run: config.yaml, metrics.jsonl, checkpoint.pt, results.json."""
+    """The files of one run: config.yaml, metrics.jsonl, checkpoint.pt, results.json and each
+    evaluation's per-image predictions."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -22,11 +26,12 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoint = self.path / checkpoint.CHECKPOINT
         self.results = self.path / "results.json"
+        self.predictions = self.path / "predictions"
         self.trackers: Trackers | None = None
 
     # everything a run writes into its directory (run_lock's lock file aside)
     FILES = ("config.yaml", "metrics.jsonl", checkpoint.CHECKPOINT, checkpoint.PREVIOUS,
-             "results.json", "features", "evals", "tensorboard", "wandb")
+             "results.json", "predictions", "features", "evals", "tensorboard", "wandb")
 
     def saved_config(self) -> Config | None:
         return cfg.from_dict(cfg.load_yaml(self.config)) if self.config.exists() else None
@@ -73,6 +78,26 @@ class RunDir:
         tmp = self.results.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(self.results)
+
+    def write_predictions(self, evaluation: str, predicted, labels) -> str:
+        """predictions/EVALUATION.npz: each val image's predicted class and label, in the val
+        split's order (what a bootstrap over images resamples); returns its path in the run."""
+        self.predictions.mkdir(parents=True, exist_ok=True)
+        path = self.predictions / f"{evaluation}.npz"
+        with open(path.with_suffix(".tmp"), "wb") as f:
+            np.savez(f, **{key: torch.as_tensor(values).cpu().numpy().astype(np.int16)
+                           for key, values in (("predicted", predicted), ("labels", labels))})
+        path.with_suffix(".tmp").replace(path)
+        return str(path.relative_to(self.path))
+
+
+def read_predictions(folder: Path, evaluation: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(predicted [N], labels [N]) saved by an evaluation of the run in `folder`; None if none."""
+    path = RunDir(folder).predictions / f"{evaluation}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        return saved["predicted"], saved["labels"]
 
 
 def parsed_row(line: str) -> dict | None:

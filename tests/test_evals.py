@@ -27,11 +27,10 @@ def test_linear_probe_separates_separable_features(probe):
     train_x, train_y = separable(seed=0)
     val_x, val_y = separable(seed=1)
     config = cfg.LinearProbeConfig(epochs=20, warmup_epochs=2, batch_size=64, max_iter=100)
-    top1, _ = probe(train_x, train_y, val_x, val_y, 4, config, seed=0)
-    assert top1 > 99
+    predicted, _ = probe(train_x, train_y, val_x, 4, config, seed=0)
+    assert (predicted == val_y).float().mean() > 0.99
     shuffled = val_y[torch.randperm(len(val_y), generator=torch.Generator().manual_seed(2))]
-    top1_noise, _ = probe(train_x, train_y, val_x, shuffled, 4, config, seed=0)
-    assert top1_noise < 40  # labels unrelated to features: chance is 25 %
+    assert (predicted == shuffled).float().mean() < 0.40  # labels unrelated to features: chance is 25 %
 
 
 def test_knn_votes_as_dino_defines_it():

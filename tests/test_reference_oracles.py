@@ -328,7 +328,7 @@ def test_mae_probe_head_is_mae_linprobes(monkeypatch):
                               warmup_epochs=0, batch_size=8)
     torch.manual_seed(0)
     x, y = torch.randn(16, dim), torch.arange(16) % classes
-    mae_probe(x, y, x, y, classes, cfg, seed=0)
+    mae_probe(x, y, x, classes, cfg, seed=0)
     heads = [m for m in made if len(m) and isinstance(m[0], nn.BatchNorm1d)]
     assert len(heads) == 1, f"expected one BatchNorm + Linear head, saw {made}"
     got, want = heads[0], ref.mae_linprobe_head(dim, classes)

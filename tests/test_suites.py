@@ -471,6 +471,40 @@ def test_the_primary_family_is_reported_with_holm_and_the_rest_uncorrected(tmp_p
     assert [g["holds"] for g in saved] == [True, False, False]
 
 
+def test_bootstrap_over_images_matches_the_binomial_standard_error():
+    """Two targets identical on every seed (no seed variance): the bootstrap's interval is the
+    images' alone, 1.96 standard errors of the mean per-image difference either side."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, 10_000)
+    right_a, right_b = rng.random(10_000) < 0.6, rng.random(10_000) < 0.5
+    a = {s: (np.where(right_a, labels, (labels + 1) % 8), labels) for s in range(4)}
+    b = {s: (np.where(right_b, labels, (labels + 1) % 8), labels) for s in range(4)}
+    low, high = report.bootstrap_gap(a, b)
+    d = right_a.astype(float) - right_b
+    half = 1.96 * d.std() / np.sqrt(len(d)) * 100
+    assert (low + high) / 2 == pytest.approx(d.mean() * 100, abs=0.1 * half)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert report.bootstrap_gap(a, {0: b[0]}) is None  # one shared seed: no interval
+    assert report.bootstrap_gap(a, {s: (p, (l + 1) % 8) for s, (p, l) in b.items()}) is None  # other labels
+
+
+def test_an_evaluation_saves_each_images_prediction(tmp_path):
+    """results.json's top-1 is the saved predictions' accuracy, and they are in the val split's order."""
+    from mimbench.evals.data import eval_dataset
+    from mimbench.run_dir import read_predictions
+
+    result = run_cli("run", "--preset", "smoke", "--target", "pixels", "--set", "run.evals=[linear, knn, finetune]",
+                     "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    val = eval_dataset(schema.cfg.from_dict(saved["config"]), "val")
+    for name in ("linear_probe", "knn", "finetune"):
+        predicted, labels = read_predictions(tmp_path / "run", name)
+        assert saved["evals"][name]["card"]["predictions"] == f"predictions/{name}.npz"
+        assert labels.tolist() == [val[i][1] for i in range(len(val))]
+        assert saved["evals"][name]["top1"] == pytest.approx((predicted == labels).mean() * 100)
+
+
 def test_teachers_per_seed_builds_every_in_project_teacher_and_its_parent_with_the_runs_seed(tmp_path):
     """teachers_per_seed: seed 1's clip row loads a clip teacher built with seed 1, its vqkd
     row a tokenizer built with seed 1 from that same clip teacher; seed 0 keeps the preset's."""

@@ -159,9 +159,9 @@ def probe_against_baselines(model, config: ClipTeacherConfig, stage: int = 2) ->
                            ("pixels", pixels)):
         tx, vx = features(train_images), features(val_images)
         mean, std = tx.mean(0), tx.std(0) + 1e-6
-        top1, _ = lbfgs_probe((tx - mean) / std, train_y, (vx - mean) / std, val_y, len(SHAPES),
-                              probe_cfg, config.seed)
-        out[f"linear_probe_{name}"] = top1 / 100
+        predicted, _ = lbfgs_probe((tx - mean) / std, train_y, (vx - mean) / std, len(SHAPES),
+                                   probe_cfg, config.seed)
+        out[f"linear_probe_{name}"] = (predicted == val_y).float().mean().item()
     return out
 
 
