@@ -11,6 +11,14 @@ from typing import Any, Callable, Literal
 from mimbench.errors import ConfigError, did_you_mean
 
 
+# type -> (what the sentence calls it, which values it accepts); YAML's true is no number
+SCALARS = {bool: ("true or false", lambda v: isinstance(v, bool)),
+           int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+           float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+           str: ("a string", lambda v: isinstance(v, str)),
+           dict: ("a mapping", lambda v: isinstance(v, dict))}
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where it is unambiguous."""
     origin = typing.get_origin(tp)
@@ -42,26 +50,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"'{key}' must be a list of {len(args)} values, not {value!r}.")
         return tuple(coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, not {value!r}.")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, not {value!r}.")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, not {value!r}.")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, not {value!r}.")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, not {value!r}.")
-        return dict(value)
+    if tp in SCALARS:
+        what, accepts = SCALARS[tp]
+        if not accepts(value):
+            raise ConfigError(f"'{key}' must be {what}, not {value!r}.")
+        return tp(value)  # an int for a float becomes a float; a mapping is copied
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 

@@ -505,6 +505,13 @@ def test_an_evaluation_saves_each_images_prediction(tmp_path):
         assert saved["evals"][name]["top1"] == pytest.approx((predicted == labels).mean() * 100)
 
 
+def teachers_used(suite: Path, out: Path, runs) -> dict:
+    """`mimbench suite run SUITE`; each run's teachers (reference -> folder and SHA-256)."""
+    result = run_cli("suite", "run", suite, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return {r: json.loads((out / "runs" / r / "results.json").read_text())["target"]["teachers"] for r in runs}
+
+
 def test_teachers_per_seed_builds_every_in_project_teacher_and_its_parent_with_the_runs_seed(tmp_path):
     """teachers_per_seed: seed 1's clip row loads a clip teacher built with seed 1, its vqkd
     row a tokenizer built with seed 1 from that same clip teacher; seed 0 keeps the preset's."""
@@ -514,10 +521,7 @@ def test_teachers_per_seed_builds_every_in_project_teacher_and_its_parent_with_t
     runs = {r.id: r for r in schema.load(str(path)).runs()}
     assert runs["clip-s1"].config.target.options["model"] == "teacher:clip-smoke?seed=1"
     assert runs["vqkd-s1"].config.target.options["weights"] == "teacher:vqkd-smoke?seed=1&teacher=clip-smoke?seed=1"
-    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
-    assert result.returncode == 0, result.stderr
-    used = {r: json.loads((tmp_path / "out" / "runs" / r / "results.json").read_text())["target"]["teachers"]
-            for r in runs}
+    used = teachers_used(path, tmp_path / "out", runs)
     clip = {s: next(iter(used[f"clip-s{s}"].values()))["sha256"] for s in (0, 1)}
     assert clip[0] != clip[1]
     for seed in (0, 1):
@@ -539,10 +543,7 @@ def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(t
     assert runs["clip-unnamed-s1"].config.target.name == "clip"
     assert runs["clip-unnamed-s1"].config.target.options["model"] == "teacher:clip-smoke?name_probability=0&seed=1"
     assert runs["clip-s1"].config.target.options["model"] == "teacher:clip-smoke"
-    result = run_cli("suite", "run", path, "--out", tmp_path / "out")
-    assert result.returncode == 0, result.stderr
-    used = {r: json.loads((tmp_path / "out" / "runs" / r / "results.json").read_text())["target"]["teachers"]
-            for r in runs}
+    used = teachers_used(path, tmp_path / "out", runs)
     shas = {r: next(iter(t.values()))["sha256"] for r, t in used.items()}
     assert len({shas["clip-unnamed-s0"], shas["clip-unnamed-s1"], shas["clip-s0"]}) == 3  # own builds
     assert shas["clip-s0"] == shas["clip-s1"]  # the plain row shares the preset's teacher
