@@ -80,10 +80,8 @@ def target_features(config, source: str) -> FrozenModel:
     as a reference row."""
     from mimbench.targets.source import build_target_for
 
-    provider = build_target_for(config)
     device = resolve_device(config.run.device)
-    if isinstance(provider, torch.nn.Module):
-        provider.to(device)
+    provider = build_target_for(config, device=device)
     spec = provider.spec
     if spec.kind != "features":
         raise ConfigError(f"target '{config.target.name}' gives token ids, which have no features "

@@ -164,9 +164,7 @@ class Step:
 def build_step(config: Config, batch_size: int) -> Step:
     torch.manual_seed(0)
     _, device = distributed.init(config.run.device)
-    provider = build_target_for(config)
-    if isinstance(provider, torch.nn.Module):
-        provider.to(device)
+    provider = build_target_for(config, device=device)
     spec = provider.spec
     loss = config.target.loss or spec.loss
     check_loss(loss, spec.kind, config.target.name)

@@ -86,11 +86,9 @@ def prepare(config: Config, run: RunDir, world: distributed.World, device: torch
             progress: ProgressFn | None, notify: Callable[[str], None] | None) -> Pretraining:
     """Target, data, batch split and schedule, student and optimizer, resumed from the run's
     latest checkpoint when it has one; the run directory appears only once these are usable."""
-    provider = build_target_for(config, progress)
+    provider = build_target_for(config, progress, device)
     loss = config.target.loss or provider.spec.loss
     check_loss(loss, provider.spec.kind, config.target.name)
-    if isinstance(provider, torch.nn.Module):
-        provider.to(device)
     images = build_dataset(config.data.name, **config.data.options)
     if config.target.cache:
         check_fixed_views(config)

@@ -21,10 +21,13 @@ from mimbench.testing import TargetContractError, output_problem
 log = logging.getLogger(__name__)
 
 
-def build_target_for(config: Config, progress: Callable | None = None):
+def build_target_for(config: Config, progress: Callable | None = None, device: torch.device | None = None):
     """The target of `config` (build_provider), a feature target on another grid resampled to
-    the student's (mimbench.target_grid)."""
+    the student's (mimbench.target_grid); a provider that is a network is moved to `device`
+    (a plugin's may be any callable)."""
     provider = build_provider(config, progress)
+    if device is not None and isinstance(provider, torch.nn.Module):
+        provider.to(device)
     if tuple(provider.spec.grid) != config.student.grid:
         g, s = provider.spec.grid, config.student.grid
         log.info("target '%s' gives a %dx%d grid; resampling it to the student's %dx%d",

@@ -138,8 +138,8 @@ def test_teacher_gets_no_gradients_and_stays_in_eval_mode(tmp_path, monkeypatch)
     seen = {}
     original = engine.build_target_for
 
-    def spy(config, progress=None):
-        seen["provider"] = original(config, progress)
+    def spy(config, progress=None, device=None):
+        seen["provider"] = original(config, progress, device)
         return seen["provider"]
 
     monkeypatch.setattr(engine, "build_target_for", spy)
