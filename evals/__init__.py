@@ -23,7 +23,7 @@ FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen
 
 def run_evals(names, config, source, out: Path, progress=None, preset: str | None = None,
               partial: bool = False) -> dict:
-    """Run evaluations `names` on `source` (an evals.source.ModelSource: a run, checkpoint,
+    """Run evaluations `names` on `source` (a mimbench.model_source.ModelSource: a run, checkpoint,
     exported folder, timm:<name>, or target:<name> for a feature target's own network: frozen
     in the probes, trained by the others); merge
     their results into out/results.json and return that file's content. A run that stopped
