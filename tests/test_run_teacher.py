@@ -100,9 +100,8 @@ evals: [linear]
 def test_a_suite_bootstraps_stage_by_stage_even_with_two_jobs(tmp_path):
     """Stage 1 of each seed loads that seed's finished stage-0 student; with --jobs 2 the
     seed-ordered queue (b0-s0, b1-s0, ...) holds b1-s0 back until b0-s0 has finished."""
-    path = tmp_path / "bootstrap.yaml"
+    path, out = tmp_path / "bootstrap.yaml", tmp_path / "out"
     path.write_text(BOOTSTRAP)
-    out = tmp_path / "out"
     result = run_cli("suite", "run", path, "--out", out, "--jobs", "2")
     assert result.returncode == 0, result.stderr
     for seed in (0, 1):
