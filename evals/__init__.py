@@ -23,7 +23,7 @@ FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen
 
 def run_evals(names, config, source, out: Path, progress=None, preset: str | None = None,
               partial: bool = False) -> dict:
-    """Run evaluations `names` on `source` (an evals.source.ModelSource: a run, checkpoint,
+    """Run evaluations `names` on `source` (a mimbench.model_source.ModelSource: a run, checkpoint,
     exported folder, timm:<name>, or target:<name> for a feature target's own network: frozen
     in the probes, trained by the others); merge
     their results into out/results.json and return that file's content. A run that stopped
@@ -57,7 +57,7 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
     from mimbench.evals.features import student_features, target_features
     from mimbench.evals.finetune import finetune
     from mimbench.evals.knn import knn_probe
-    from mimbench.evals.linear_probe import linear_probe
+    from mimbench.evals.linear_probe import linear_probe, probe_blocks
     from mimbench.evals.seg_probe import segmentation_probe
     from mimbench.evals.segmentation import segmentation
     from mimbench.evals.tower import target_tower
@@ -74,7 +74,12 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
             else:
                 encoder, description, stopped = load_backbone(source, config, partial)
         started = time.perf_counter()
-        if name in FROZEN_EVALS:
+        if name == "linear" and config.linear.block == "all":
+            if is_target:
+                raise ConfigError(f"linear.block=all probes each block of a student; {source} has no "
+                                  f"blocks to probe (drop linear.block, or evaluate a run).")
+            result = probe_blocks(encoder, config, description, Path(out) / "features", progress, preset)
+        elif name in FROZEN_EVALS:
             model = frozen if is_target else student_features(encoder, config, description)
             if name == "seg_linear":
                 result = segmentation_probe(model, config, progress, preset)

@@ -6,20 +6,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
 from mimbench import checkpoint, config as cfg
-from mimbench.errors import ConfigError, MimbenchError
-from mimbench.evals.source import ModelSource
-from mimbench.student import build_encoder, trained_encoder
-
-
-def unfinished(state: dict) -> str | None:
-    """'step 3 of 6' for a checkpoint saved before its run's last pre-training step, else None."""
-    total = state.get("plan", {}).get("total_steps")
-    return f"step {state['step']} of {total}" if total and state["step"] < total else None
+from mimbench.errors import ConfigError
+from mimbench.model_source import ModelSource
+from mimbench.student import build_encoder, saved_encoder
 
 
 def load_backbone(source: ModelSource, config: cfg.Config,
@@ -34,19 +27,9 @@ def load_backbone(source: ModelSource, config: cfg.Config,
         student = config.student if name == "random" else dataclasses.replace(config.student, model=name)
         torch.manual_seed(config.run.seed)
         return build_encoder(student), f"random init {student.model}", None
-    if source.kind == "exported":
-        path = source.name
-        return timm.create_model(f"local-dir:{path}", pretrained=True), f"exported model {path}", None
-    if not source.trained:
+    if source.kind not in ("exported", "run", "checkpoint"):
         raise ConfigError(f"{source.text} is not a backbone to load (evals.tower builds a target's).")
-    encoder, state = trained_encoder(Path(source.name))
-    stopped = unfinished(state)
-    if stopped and not partial:
-        raise MimbenchError(f"'{source}' stopped at {stopped}: its pre-training is unfinished. "
-                            f"Finish it with mimbench run --resume {source}, or evaluate it as it "
-                            f"is with --partial (its results then say so).")
-    at = f"PARTIAL: {stopped}" if stopped else f"step {state['step']}"
-    return encoder, f"{source} ({at})", stopped
+    return saved_encoder(source, partial)
 
 
 def saved_config(source: ModelSource) -> dict | None:

@@ -39,11 +39,13 @@ class FrozenModel:
     patch_map: PatchMap  # the same features before pooling, on the model's grid
 
 
-def student_features(encoder, config, source: str) -> FrozenModel:
+def student_features(encoder, config, source: str, block: int | None = None) -> FrozenModel:
     """The student's view of an image (centre view at config.student.img_size, normalised) ->
-    the probe's block (config.linear.block), its patch tokens average-pooled or its cls token."""
+    `block` (by default config.linear.block; the last when that is "all"), its patch tokens
+    average-pooled or its cls token."""
     probe = config.linear
-    block = block_index(probe.block, len(encoder.blocks), "the student")
+    chosen = block if block is not None else -1 if probe.block == "all" else probe.block
+    block = block_index(chosen, len(encoder.blocks), "the student")
     size = config.student.img_size
     device = resolve_device(config.run.device)
     encoder.eval().to(device)

@@ -290,7 +290,7 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
         run_dir, config, results = trained
         if config.run.evals and is_main_process():  # evaluations run in rank 0 only
             with reporter() as report:
-                from mimbench.evals.source import ModelSource
+                from mimbench.model_source import ModelSource
 
                 results = run_evals(config.run.evals, config, ModelSource.parse(run_dir.path),
                                     run_dir.path, report, config.run.preset)  # a resumed run's own preset
@@ -326,7 +326,7 @@ def evaluate(evaluation, checkpoint_path, model, preset, overrides, out, partial
     from mimbench.run_dir import RunDir
     from mimbench.evals import run_evals
     from mimbench.evals.backbone import saved_config, saved_student
-    from mimbench.evals.source import ModelSource
+    from mimbench.model_source import ModelSource
 
     source = ModelSource.parse(checkpoint_path or model)
     target = source.name if source.kind == "target" else None

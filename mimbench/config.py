@@ -143,7 +143,8 @@ class EvalDataConfig:
 @dataclass(frozen=True)
 class LinearProbeConfig:
     protocol: Literal["lbfgs", "mae"] = "lbfgs"  # CLIP's logistic regression, or MAE's BN + linear
-    block: int = -1  # zero-based feature block, negative from the end
+    # zero-based feature block, negative from the end; "all": one probe per block (the curve)
+    block: int | Literal["all"] = -1
     pooling: Literal["avg", "cls"] = "avg"  # average of patch tokens (BEiT) or cls token (MAE)
     # lbfgs: L2 strength chosen on a held-out fraction of train, then refit on all of train
     regularisation: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

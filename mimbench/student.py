@@ -119,6 +119,30 @@ def trained_encoder(source: Path) -> tuple[nn.Module, dict]:
     return encoder, state
 
 
+def unfinished(state: dict) -> str | None:
+    """'step 3 of 6' for a checkpoint saved before its run's last pre-training step, else None."""
+    total = state.get("plan", {}).get("total_steps")
+    return f"step {state['step']} of {total}" if total and state["step"] < total else None
+
+
+def saved_encoder(source, partial: bool = False,
+                  accept: str = "evaluate it as it is with --partial (its results then say so)"
+                  ) -> tuple[nn.Module, str, str | None]:
+    """The encoder saved at `source` (a model_source.ModelSource): an exported folder's timm
+    model, or a run's or checkpoint's student encoder, its MIM head dropped; a description for
+    cards; and where an unfinished run stopped ('step 3 of 6'; None for a finished one). An
+    unfinished run is refused unless `partial`, the sentence ending with how to `accept` it."""
+    if source.kind == "exported":
+        return timm.create_model(f"local-dir:{source.name}", pretrained=True), f"exported model {source}", None
+    encoder, state = trained_encoder(Path(source.name))
+    stopped = unfinished(state)
+    if stopped and not partial:
+        raise MimbenchError(f"'{source}' stopped at {stopped}: its pre-training is unfinished. "
+                            f"Finish it with mimbench run --resume {source}, or {accept}.")
+    at = f"PARTIAL: {stopped}" if stopped else f"step {state['step']}"
+    return encoder, f"{source} ({at})", stopped
+
+
 def build_student(config: StudentConfig, spec: TargetSpec) -> nn.Module:
     """The student of `config.style`: Student (beit) or MaeStudent (mae)."""
     return MaeStudent(config, spec) if config.style == "mae" else Student(config, spec)

@@ -262,6 +262,7 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
     matplotlib.use("Agg")
     written = [bars(suite, rows, metric, out) for metric in metrics]
     written.append(loss_curves(rows, out))
+    written.append(block_curves(rows, out))
     examples = {}
     for r in rows:
         if r["target"] not in examples and r["loss_curve"] and not r["point"]:
@@ -320,6 +321,34 @@ def loss_curves(rows: list[dict], out: Path) -> Path | None:
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("pre-training loss")
     return save(fig, out / "loss_curves.png")
+
+
+def per_block(rows: list[dict]) -> dict[str, list[float]]:
+    """target -> the linear probe's mean top-1 over seeds at each block (linear.block=all runs
+    at the default grid point)."""
+    curves = defaultdict(list)
+    for r in rows:
+        blocks = sorted((int(m.rsplit("block", 1)[1]), v) for m, v in r["metrics"].items()
+                        if m.startswith("linear_probe.top1_block"))
+        if blocks and not r["point"]:
+            curves[r["target"]].append([v for _, v in blocks])
+    return {t: np.mean(runs, axis=0).tolist() for t, runs in curves.items()}
+
+
+def block_curves(rows: list[dict], out: Path) -> Path | None:
+    """The linear probe's top-1 against the block it reads, one line per target."""
+    import matplotlib.pyplot as plt
+
+    curves = per_block(rows)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for target, curve in curves.items():
+        ax.plot(range(len(curve)), curve, marker="o", label=target)
+    ax.set_xlabel("block (0 = first)")
+    ax.set_ylabel("linear probe top-1 (%), mean over seeds")
+    ax.legend(fontsize=7)
+    return save(fig, out / "per_block_linear_probe.png")
 
 
 def ablation(suite: Suite, rows: list[dict], metric: str, out: Path) -> Path:

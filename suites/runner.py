@@ -18,9 +18,9 @@ from mimbench.engine import pretrain
 from mimbench.run_dir import RunDir
 from mimbench.errors import ConfigError, Interrupted
 from mimbench.evals import RESULT_NAMES, run_evals
-from mimbench.evals.source import ModelSource
+from mimbench.model_source import ModelSource
 from mimbench.suites.ceiling import train_supervised
-from mimbench.suites.schema import SUPERVISED, RunSpec, Suite
+from mimbench.suites.schema import SUPERVISED, RunSpec, Suite, with_run_folders
 
 RESULTS = "results.json"
 
@@ -155,7 +155,7 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
     with a cluster, each run is a job (its logs under out/submitit) and this call waits for
     them all, then the report is written."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = suite.runs()
+    runs = [with_run_folders(spec, out / "runs") for spec in suite.runs()]
     folders = [out / "runs" / spec.id for spec in runs]
     todo = [i for i, (spec, folder) in enumerate(zip(runs, folders)) if not is_finished(spec, folder)]
     for i in todo:
@@ -168,7 +168,9 @@ def run_suite(suite: Suite, out: Path, progress=None, notify=None, jobs: int = 1
         if i not in todo:
             tally.finished(i, reused=True)
     if cluster and todo:
-        _on_cluster(cluster.executor_for(out / "submitit"), runs, folders, todo, suite.preset, tally, notify)
+        executor = cluster.executor_for(out / "submitit")
+        for wave in waves(runs, todo):  # a run whose target loads another run's student: a later wave
+            _on_cluster(executor, runs, folders, wave, suite.preset, tally, notify)
     elif jobs == 1:
         for i in todo:
             if notify:
@@ -201,6 +203,16 @@ class Tally:
             self.progress("suite", self.done, len(self.ids), {})
 
 
+def waves(runs: list[RunSpec], todo: list[int]) -> list[list[int]]:
+    """`todo` in waves: each run after the wave holding the runs it loads ({run:ROW})."""
+    unfinished, left, out = {runs[i].id for i in todo}, list(todo), []
+    while left:
+        out.append([i for i in left if not unfinished & set(runs[i].after)])
+        left = [i for i in left if i not in out[-1]]
+        unfinished -= {runs[i].id for i in out[-1]}
+    return out
+
+
 def _on_cluster(executor, runs, folders, todo, preset, tally: Tally, notify) -> None:
     """Each run a submitit job; waits for them all. A failed job stops the suite with its
     error; finished runs are kept."""
@@ -227,15 +239,22 @@ def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress
     stop = context.Event()
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                                initargs=(threads, updates, stop))
+    waiting = list(todo)  # in order; a run is started once the runs it loads have finished
+    unfinished = {runs[i].id for i in todo}
+    pending = {}
     try:
-        pending = {pool.submit(_run_in_worker, runs[i], folders[i], preset,
-                               functools.partial(_relay, runs[i].id)): i for i in todo}
-        while pending:
+        while waiting or pending:
+            for i in [i for i in waiting if not unfinished & set(runs[i].after)]:
+                waiting.remove(i)
+                pending[pool.submit(_run_in_worker, runs[i], folders[i], preset,
+                                    functools.partial(_relay, runs[i].id))] = i
             ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             _show(updates, progress)
             for future in ended:
                 future.result()
-                tally.finished(pending.pop(future), reused=False)
+                i = pending.pop(future)
+                unfinished.discard(runs[i].id)
+                tally.finished(i, reused=False)
     except (KeyboardInterrupt, Interrupted):
         # Ctrl-C reaches the whole process group: the running runs checkpoint and stop by
         # themselves

@@ -49,6 +49,7 @@ class RunSpec:
     point: dict  # the grid keys this run's config takes (a reference row: those that affect it)
     config: cfg.Config
     points: tuple = ()  # every grid point the run stands for (a reference row can stand for several)
+    after: tuple[str, ...] = ()  # the runs whose students this run's target loads ({run:ROW})
 
     @property
     def pretrains(self) -> bool:
@@ -121,13 +122,27 @@ class Suite:
             label = "-".join(f"{k.split('.')[-1]}{safe_name(v)}" for k, v in point.items())
             for seed in self.seeds:
                 target, own = self.row_settings(row, seed)
+                own = {k: self.run_reference(row, v, label, seed) for k, v in own.items()}
                 chosen = nested({**self.set, **point, **own, "run.seed": seed, "run.evals": self.evals})
                 config = cfg.resolve(self.preset, target=target, settings=chosen)
                 if self.teachers_per_seed:
                     config = with_seeded_teachers(config, seed)
-                run_id = "-".join(filter(None, [row, label, f"s{seed}"]))
-                runs.append(RunSpec(run_id, row, seed, point, config, tuple(stands_for)))
+                after = tuple(m.group(1) for v in own.values() if (m := RUN_REFERENCE.match(str(v))))
+                runs.append(RunSpec(run_id(row, label, seed), row, seed, point, config, tuple(stands_for), after))
         return runs
+
+    def run_reference(self, row: str, value, label: str, seed: int):
+        """'{run:ROW}' -> '{run:ID}', ID being ROW's run at the same grid point and seed; ROW
+        must be a pre-training row listed before `row`, so that it has run first."""
+        match = RUN_REFERENCE.match(str(value))
+        if not match:
+            return value
+        earlier = [t for t in self.targets[:self.targets.index(row)] if t not in BASELINES]
+        if match.group(1) not in earlier:
+            raise ConfigError(f"suite row '{row}' loads '{value}', but '{match.group(1)}' is not a "
+                              f"pre-training row listed before it (listed before: "
+                              f"{', '.join(earlier) or 'none'}); list the teacher's row first.")
+        return f"{{run:{run_id(match.group(1), label, seed)}}}"
 
     def row_settings(self, row: str, seed: int) -> tuple[str | None, dict]:
         """The target a row's runs resolve (None: the preset's, which the random-init and
@@ -137,7 +152,7 @@ class Suite:
         if row in (RANDOM_INIT, SUPERVISED):
             return None, {}
         target, own = self.variants.get(row, (row, {}))
-        return target, {k: v.replace("{seed}", str(seed)) if isinstance(v, str) else v for k, v in own.items()}
+        return target, {k: with_seed(v, seed) for k, v in own.items()}
 
 
 # The config sections a reference row does not read: its runs are shared across grid points
@@ -146,6 +161,27 @@ class Suite:
 IGNORED_SECTIONS = {RANDOM_INIT: {"mask", "target", "data", "optim"},
                     TEACHER: {"mask", "data", "optim"},
                     SUPERVISED: {"mask", "target"}}
+
+
+RUN_REFERENCE = re.compile(r"^\{run:([^}]+)\}$")  # a variant's value naming another row's student
+
+
+def run_id(row: str, label: str, seed: int) -> str:
+    return "-".join(filter(None, [row, label, f"s{seed}"]))
+
+
+def with_seed(value, seed: int):
+    """A variant's value at `seed`: '{seed}' alone is the seed itself, inside a text it is its digits."""
+    if value == "{seed}":
+        return seed
+    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
+
+
+def with_run_folders(spec: RunSpec, runs: Path) -> RunSpec:
+    """`spec` with each '{run:ID}' target option replaced by that run's folder under `runs`."""
+    options = {k: str(runs / m.group(1)) if isinstance(v, str) and (m := RUN_REFERENCE.match(v)) else v
+               for k, v in spec.config.target.options.items()}
+    return replace(spec, config=replace(spec.config, target=replace(spec.config.target, options=options)))
 
 
 def with_seeded_teachers(config: cfg.Config, seed: int) -> cfg.Config:

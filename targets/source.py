@@ -37,13 +37,14 @@ def build_target_for(config: Config, progress: Callable | None = None, device: t
 
 
 def build_provider(config: Config, progress: Callable | None = None):
-    """The provider config.target names, given the student's img_size/patch_size/grid where its
-    factory takes them and the user did not set them; in-project teachers are built on first
-    use. Refused if it trains or cannot serve the student's grid."""
+    """The provider config.target names, given the student's img_size/patch_size/grid (and its
+    whole config, `student`) where its factory takes them and the user did not set them;
+    in-project teachers are built on first use. Refused if it trains or cannot serve the
+    student's grid."""
     factory = TARGETS.get(config.target.name).factory
     params = inspect.signature(factory).parameters
     context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
-               "grid": config.student.grid}
+               "grid": config.student.grid, "student": config.student}
     options = {k: v for k, v in context.items() if k in params}
     options |= teachers.resolve_references(config.target.options, progress)
     provider = factory(**options)

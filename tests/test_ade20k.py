@@ -105,7 +105,7 @@ def test_segmentation_fine_tunes_on_crops_larger_than_the_student(tmp_path, stud
     from mimbench import config as cfg
     from mimbench.evals import segmentation as seg
     from mimbench.evals.backbone import load_backbone
-    from mimbench.evals.source import ModelSource
+    from mimbench.model_source import ModelSource
 
     make_ade(tmp_path, "training", n=4, size=(48, 40))
     make_ade(tmp_path, "validation", n=2, size=(48, 40))

@@ -74,7 +74,7 @@ def test_export_writes_a_model_card_with_the_runs_results(tmp_path):
 
     from mimbench import __version__
     from mimbench.evals import run_evals
-    from mimbench.evals.source import ModelSource
+    from mimbench.model_source import ModelSource
 
     run = RunDir(tmp_path / "run")
     config = cfg.resolve("smoke", target="pixels", overrides=SMOKE)

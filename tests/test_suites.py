@@ -16,7 +16,7 @@ from scipy import stats
 
 from mimbench.errors import ConfigError
 from mimbench.evals.backbone import load_backbone
-from mimbench.evals.source import ModelSource
+from mimbench.model_source import ModelSource
 from mimbench.suites import report, runner, schema
 from tests.conftest import run_cli, start_cli, wait_until
 

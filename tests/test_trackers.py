@@ -8,7 +8,7 @@ import pytest
 from mimbench import config as cfg
 from mimbench.errors import ConfigError
 from mimbench.evals import run_evals
-from mimbench.evals.source import ModelSource
+from mimbench.model_source import ModelSource
 from mimbench.engine import pretrain
 from mimbench.run_dir import RunDir
 

@@ -6,7 +6,7 @@ import pytest
 
 from mimbench import config as cfg
 from mimbench.evals.backbone import load_backbone
-from mimbench.evals.source import ModelSource
+from mimbench.model_source import ModelSource
 from mimbench.evals.features import student_features
 from mimbench.evals.finetune import finetune
 from mimbench.evals.knn import knn_probe
