@@ -160,6 +160,18 @@ class LinearProbeConfig:
 
 
 @dataclass(frozen=True)
+class AttentiveProbeConfig:
+    """The attentive probe on the linear probe's block (its patch tokens, before pooling)."""
+
+    heads: int = 4  # must divide the features' width
+    epochs: int = 20
+    warmup_epochs: int = 2
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+
+
+@dataclass(frozen=True)
 class KnnConfig:
     """DINO's weighted k-NN on the linear probe's frozen features (its block and pooling)."""
 
@@ -229,6 +241,7 @@ class Config:
     eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    attentive: AttentiveProbeConfig = field(default_factory=AttentiveProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
