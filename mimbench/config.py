@@ -199,6 +199,10 @@ class FinetuneConfig:
     # BEiT's/MAE's training views (evals.data.FinetuneAugmentation: random resized crop, flip,
     # RandAugment, random erasing); off: the evaluation's centre views
     augment: bool = False
+    # more labelled sets the fine-tuned classifier is tested on (robustness): name -> dataset
+    # options ('name': the dataset, by default eval_data's), e.g. {imagenet_r: {name: folder,
+    # root: /data/imagenet-r}} or, on the world, {shifted: {split: test, difficulty: 1}}
+    extra_val: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
