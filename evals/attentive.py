@@ -5,19 +5,14 @@ probe averages the tokens first, this one learns which tokens to read."""
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimbench.errors import ConfigError
 from mimbench.evals.data import eval_splits, labelled_batches
 from mimbench.evals.features import BATCH, FrozenModel
-from mimbench.evals.probe_heads import shuffled_batches
-from mimbench.fitting import fit
-from mimbench.lr_schedule import lr_at
-from mimbench.optim import in_steps
+from mimbench.evals.probe_heads import fit_head
 
 
 class AttentivePooler(nn.Module):
@@ -60,23 +55,11 @@ def attentive_probe(model: FrozenModel, config, progress=None, preset: str | Non
     torch.manual_seed(config.run.seed)
     probe = AttentivePooler(dim, cfg.heads, classes)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps, warmup = (in_steps(None, e, len(train_x), cfg.batch_size) for e in (cfg.epochs, cfg.warmup_epochs))
-    batches = shuffled_batches(len(train_x), cfg.batch_size, cfg.epochs, config.run.seed)
-
-    def loss_of(step: int) -> float:
-        batch = next(batches)
-        loss = F.cross_entropy(probe(train_x[batch]), train_y[batch])
-        loss.backward()
-        return loss.item()
-
-    probe.train()
-    losses = fit(optimizer, loss_of, steps, partial(lr_at, total=steps, warmup=warmup, peak=cfg.lr),
-                 progress, "attentive probe")
-    probe.eval()
+    losses = fit_head(probe, optimizer, train_x, train_y, cfg, cfg.lr, config.run.seed, progress, "attentive probe")
     with torch.no_grad():
         predicted = torch.cat([probe(val_x[i:i + BATCH]).argmax(1) for i in range(0, len(val_x), BATCH)])
     card = {"protocol": "attentive probe (one learned query, cross-attention, LayerNorm, linear; AdamW)",
-            **dataclasses.asdict(cfg), "steps": steps, "model": model.source,
+            **dataclasses.asdict(cfg), "steps": len(losses), "model": model.source,
             "features": f"the patch tokens behind: {model.features}",
             "train": {"size": len(train_x)}, "val": {"size": len(val_x)}, "classes": classes,
             "chance": 100 / classes, "final_train_loss": losses[-1], "seed": config.run.seed}

@@ -164,11 +164,13 @@ class AttentiveProbeConfig:
     """The attentive probe on the linear probe's block (its patch tokens, before pooling)."""
 
     heads: int = 4  # must divide the features' width
+    # AdamW on the cached tokens, warmup then cosine
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    # passes over the train split
     epochs: int = 20
     warmup_epochs: int = 2
     batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -236,12 +238,16 @@ class SegmentationConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A run's whole config: what is pre-trained on what, how, and how it is evaluated."""
+
+    # pre-training: the student, what it hides and predicts, from which images, how
     student: StudentConfig = field(default_factory=StudentConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # device, seed, logging, which evaluations
+    # the evaluations: their labelled data, then each protocol
     eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
