@@ -48,9 +48,10 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
                  img_size: int | None = None, patch_size: int | None = None, student=None,
                  standardize: bool = False, target_loss: str | None = None, progress=None) -> MultiTeacher:
     """`teachers`: a list of target names or {name: ..., options} mappings (each a feature
-    target); `weights`: each teacher's share of the loss (default equal). The core's
-    per-channel standardisation would undo the weights, so it must be off
-    (target.standardize=false): each teacher is normalised here, per token."""
+    target); `weights`: each teacher's share of the loss. Without weights every channel counts
+    alike (a teacher weighs by its width). The core's per-channel standardisation would undo
+    weights, so with them it must be off (target.standardize=false): each teacher is
+    normalised here, per token."""
     from mimbench.targets.source import build_named
 
     if not teachers or len(teachers) < 2:
@@ -59,12 +60,10 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
     if target_loss not in (None, "mse", "smooth_l1"):
         raise ConfigError(f"the multi target shares the loss among its teachers channel by channel, "
                           f"which needs target.loss mse or smooth_l1, not {target_loss!r}.")
-    if standardize:
-        raise ConfigError("the multi target normalises each teacher's tokens itself and weighs the "
-                          "teachers by scaling them, which the core's per-channel standardisation "
-                          "would undo; add --set target.standardize=false.")
-    weights = [1.0] * len(teachers) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(teachers) or min(weights) <= 0:
+    if standardize and weights is not None:
+        raise ConfigError("the multi target weighs the teachers by scaling their tokens, which the "
+                          "core's per-channel standardisation would undo; add --set target.standardize=false.")
+    if weights is not None and (len(weights) != len(teachers) or min(float(w) for w in weights) <= 0):
         raise ConfigError(f"target.weights must give one positive weight per teacher ({len(teachers)}), "
                           f"not {weights}.")
     providers = []
@@ -79,5 +78,6 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
         if tuple(provider.spec.grid) != tuple(grid):
             provider = ResampledFeatures(provider, grid)
         providers.append(provider)
-    shares = [w / sum(weights) for w in weights]
+    dims = [p.spec.dim for p in providers]
+    shares = [d / sum(dims) for d in dims] if weights is None else [float(w) / sum(map(float, weights)) for w in weights]
     return MultiTeacher(providers, shares, grid, providers[0].spec.interpolation)

@@ -40,7 +40,7 @@ def test_refusals_say_what_to_set():
     with pytest.raises(ConfigError, match="needs two or more teachers"):
         build_target("multi", teachers=["pixels"], **CONTEXT)
     with pytest.raises(ConfigError, match="add --set target.standardize=false"):
-        build_target("multi", teachers=["pixels", TINY_VIT], standardize=True, **CONTEXT)
+        build_target("multi", teachers=["pixels", TINY_VIT], weights=[1, 2], standardize=True, **CONTEXT)
     with pytest.raises(ConfigError, match="one positive weight per teacher"):
         build_target("multi", teachers=["pixels", TINY_VIT], weights=[1], **CONTEXT)
     with pytest.raises(ConfigError, match="needs target.loss mse or smooth_l1, not 'cosine'"):
