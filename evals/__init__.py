@@ -14,11 +14,11 @@ from pathlib import Path
 from mimbench import config as cfg, run_lock
 from mimbench.errors import ConfigError
 
-RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "finetune": "finetune",
+RESULT_NAMES = {"linear": "linear_probe", "knn": "knn", "attentive": "attentive_probe", "finetune": "finetune",
                 "segmentation": "segmentation", "seg_linear": "segmentation_linear"}
 
 
-FROZEN_EVALS = ("linear", "knn", "seg_linear")  # the protocols that read frozen features only
+FROZEN_EVALS = ("linear", "knn", "attentive", "seg_linear")  # the protocols that read frozen features only
 
 
 def run_evals(names, config, source, out: Path, progress=None, preset: str | None = None,
@@ -53,6 +53,7 @@ def _run(names, config, source, run, progress, preset, partial: bool) -> dict:
 
 
 def _evaluate(names, config, source, run, progress, preset, results, trackers, partial: bool) -> None:
+    from mimbench.evals.attentive import attentive_probe
     from mimbench.evals.backbone import load_backbone
     from mimbench.evals.features import student_features, target_features
     from mimbench.evals.finetune import finetune
@@ -83,6 +84,8 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
             model = frozen if is_target else student_features(encoder, config, description)
             if name == "seg_linear":
                 result = segmentation_probe(model, config, progress, preset)
+            elif name == "attentive":
+                result = attentive_probe(model, config, progress, preset)
             else:
                 probe = linear_probe if name == "linear" else knn_probe
                 result = probe(model, config, Path(out) / "features", progress, preset)

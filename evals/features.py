@@ -37,6 +37,7 @@ class FrozenModel:
     source: str  # for the card
     features: str  # for the card, e.g. "avg-pooled block 3"
     patch_map: PatchMap  # the same features before pooling, on the model's grid
+    tokens: Embed  # a batch of views [B, 3, S, S] -> the same features before pooling [B, N, D]
 
 
 def student_features(encoder, config, source: str, block: int | None = None) -> FrozenModel:
@@ -55,15 +56,17 @@ def student_features(encoder, config, source: str, block: int | None = None) -> 
             pooled = pooled_features(encoder, to_device(views, device), block, probe.pooling)
         return pooled.float().cpu()
 
-    def patch_map(images):
+    def tokens(views):
         with autocast(device, config.optim.amp):
-            tokens, _ = block_tokens(encoder, to_device(student_batch(images, size), device), block)
+            return block_tokens(encoder, to_device(views, device), block)[0].float().cpu()  # [B, N, D]
+
+    def patch_map(images):
         h, w = encoder.patch_embed.grid_size
-        return tokens.float().cpu().transpose(1, 2).reshape(len(images), -1, h, w)  # [B, D, h, w]
+        return tokens(student_batch(images, size)).transpose(1, 2).reshape(len(images), -1, h, w)  # [B, D, h, w]
 
     return FrozenModel(CentreView(size, config.eval_data.crop_pct), embed,
                        f"{source}|{block}|{probe.pooling}|{size}|{config.eval_data.crop_pct}", source,
-                       f"{probe.pooling}-pooled block {block}", patch_map)
+                       f"{probe.pooling}-pooled block {block}", patch_map, tokens)
 
 
 class TeacherView:
@@ -104,7 +107,7 @@ def target_features(config, source: str) -> FrozenModel:
     options = json.dumps(cfg.to_dict(config)["target"], sort_keys=True)
     return FrozenModel(view, embed, f"{source}|{options}", source,
                        f"the target's {spec.grid[0]}x{spec.grid[1]} features average-pooled, "
-                       f"from {spec.input_size}-px views", patch_map)
+                       f"from {spec.input_size}-px views", patch_map, tokens)
 
 
 @torch.no_grad()

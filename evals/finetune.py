@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
+from mimbench.data import build_dataset
 from mimbench.distributed import autocast, resolve_device, to_device
 from mimbench.errors import DataError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
@@ -87,16 +88,51 @@ def train_classifier(encoder, train_set, cfg, size: int, steps: int, warmup: int
 
 
 def predict(model: Classifier, dataset, size: int, amp: str = "none", crop_pct: float = 1.0,
-            workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The predicted classes [N] of a dataset's images (centre views) and their labels [N]."""
+            workers: int = 0, among: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted classes [N] of a dataset's images (centre views) and their labels [N].
+    `among`: the classifier's outputs to choose from, the dataset's label i being among[i]
+    (ImageNet-R's 200 of ImageNet's 1000 classes); predictions and labels are then the
+    dataset's own indices."""
     predicted, labels = [], []
     device = next(model.parameters()).device
     with torch.no_grad(), autocast(device, amp):
         for x, y in labelled_batches(dataset, 256, CentreView(size, crop_pct), workers=workers,
                                      pin_memory=device.type == "cuda"):
-            predicted.append(model(to_device(x, device)).argmax(1).cpu())
+            logits = model(to_device(x, device)).float().cpu()
+            predicted.append((logits if among is None else logits[:, among]).argmax(1))
             labels.append(y)
     return torch.cat(predicted), torch.cat(labels)
+
+
+def among_train_classes(train_classes: list[str], extra_classes: list[str], name: str) -> torch.Tensor | None:
+    """The fine-tuned classifier's output index of each class of an extra set (by class name);
+    None when the extra set has no class names or the same list."""
+    if not extra_classes or list(extra_classes) == list(train_classes):
+        return None
+    unknown = [c for c in extra_classes if c not in train_classes]
+    if unknown:
+        raise DataError(f"finetune.extra_val.{name} holds classes the fine-tuning data lacks "
+                        f"({', '.join(unknown[:5])}); its class folders must be named as the train split's.")
+    return torch.tensor([list(train_classes).index(c) for c in extra_classes])
+
+
+def extra_top1(model: Classifier, config, size: int, train_set) -> tuple[dict, dict]:
+    """top1_NAME of each finetune.extra_val set, and what the card says of each."""
+    metrics, cards = {}, {}
+    for name, options in config.finetune.extra_val.items():
+        options = dict(options)
+        dataset_name = options.pop("name", config.eval_data.name)
+        dataset = build_dataset(dataset_name, **options)
+        extra_classes = list(getattr(dataset, "classes", None) or [])
+        among = among_train_classes(list(getattr(train_set, "classes", None) or []), extra_classes, name)
+        predicted, labels = predict(model, dataset, size, config.optim.amp, config.eval_data.crop_pct,
+                                    config.eval_data.num_workers, among)
+        metrics[f"top1_{name}"] = top1(predicted, labels)
+        cards[name] = {"dataset": dataset_name, "options": options, "size": len(dataset),
+                       "fingerprint": fingerprint(dataset, dataset_name, options),
+                       "classes": len(extra_classes) or None,
+                       "outputs": "its classes among the classifier's" if among is not None else "all"}
+    return metrics, cards
 
 
 def top1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
@@ -132,4 +168,5 @@ def finetune(encoder, config, source: str, progress=None, preset: str | None = N
             "reference": REFERENCES.get(preset)}
     predicted, labels = predict(model, val_set, size, config.optim.amp, config.eval_data.crop_pct,
                                 config.eval_data.num_workers)
-    return {"top1": top1(predicted, labels), "card": card, "per_image": (predicted, labels)}
+    extra, card["extra_val"] = extra_top1(model, config, size, train_set)
+    return {"top1": top1(predicted, labels), **extra, "card": card, "per_image": (predicted, labels)}

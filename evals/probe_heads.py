@@ -53,6 +53,37 @@ def lbfgs_probe(train_x, train_y, val_x, classes, cfg, seed):
     return (val_x @ w + b).argmax(1), details
 
 
+def shuffled_batches(size: int, batch_size: int, epochs: int, seed: int):
+    """Index batches [b] over `epochs` passes, each a new permutation of range(size) (from a
+    generator seeded by `seed`) cut into in_steps(None, 1, ...) whole batches."""
+    order = torch.Generator().manual_seed(seed)
+    per_epoch = in_steps(None, 1, size, batch_size)
+    for _ in range(epochs):
+        perm = torch.randperm(size, generator=order)
+        for i in range(per_epoch):
+            yield perm[i * batch_size:(i + 1) * batch_size]
+
+
+def fit_head(head: torch.nn.Module, optimizer, train_x, train_y, cfg, peak: float, seed: int,
+             progress=None, task: str = "training") -> list[float]:
+    """Cross-entropy of `head` on (train_x, train_y) for cfg.epochs shuffled passes of
+    cfg.batch_size, the rate warmed up over cfg.warmup_epochs to `peak`, then cosine (lr_at),
+    through fitting.fit; returns the loss per step, the head left in eval mode."""
+    total, warmup = (in_steps(None, e, len(train_x), cfg.batch_size) for e in (cfg.epochs, cfg.warmup_epochs))
+    batches = shuffled_batches(len(train_x), cfg.batch_size, cfg.epochs, seed)
+
+    def loss_of(step: int) -> float:
+        batch = next(batches)
+        loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+        loss.backward()
+        return loss.item()
+
+    head.train()
+    losses = fit(optimizer, loss_of, total, partial(lr_at, total=total, warmup=warmup, peak=peak), progress, task)
+    head.eval()
+    return losses
+
+
 def mae_probe(train_x, train_y, val_x, classes, cfg, seed):
     """MAE's protocol on cached features: BatchNorm without affine, a linear layer, LARS (or
     SGD) with momentum 0.9, lr = base_lr * batch / 256, linear warmup then cosine, per step."""
@@ -66,26 +97,6 @@ def mae_probe(train_x, train_y, val_x, classes, cfg, seed):
         opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=0.9)
     else:
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    steps_per_epoch = in_steps(None, 1, len(train_x), cfg.batch_size)
-    total, warmup = (in_steps(None, e, len(train_x), cfg.batch_size) for e in (cfg.epochs, cfg.warmup_epochs))
-    g = torch.Generator().manual_seed(seed)
-
-    def epochs():
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(train_x), generator=g)
-            for i in range(steps_per_epoch):
-                yield order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-
-    batches = epochs()
-
-    def loss_of(step: int) -> float:
-        batch = next(batches)
-        loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
-        loss.backward()
-        return loss.item()
-
-    head.train()
-    fit(opt, loss_of, total, partial(lr_at, total=total, warmup=warmup, peak=lr))
-    head.eval()
+    losses = fit_head(head, opt, train_x, train_y, cfg, lr, seed)
     with torch.no_grad():
-        return head(val_x).argmax(1), {"lr": lr, "steps": total}
+        return head(val_x).argmax(1), {"lr": lr, "steps": len(losses)}

@@ -298,7 +298,8 @@ def run(target, preset, config_file, overrides, out, resume, overwrite, data):
 
 
 @main.command("eval")
-@click.argument("evaluation", type=click.Choice(["linear", "knn", "seg_linear", "finetune", "segmentation"]))
+@click.argument("evaluation", type=click.Choice(["linear", "knn", "attentive", "seg_linear", "finetune",
+                                                "segmentation"]))
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True),
               help="A run directory or checkpoint file to evaluate.")
 @click.option("--model", help="Or a timm model: timm:<name>, timm:random (the student's shape, random "

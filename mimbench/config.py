@@ -160,6 +160,20 @@ class LinearProbeConfig:
 
 
 @dataclass(frozen=True)
+class AttentiveProbeConfig:
+    """The attentive probe on the linear probe's block (its patch tokens, before pooling)."""
+
+    heads: int = 4  # must divide the features' width
+    # AdamW on the cached tokens, warmup then cosine
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    # passes over the train split
+    epochs: int = 20
+    warmup_epochs: int = 2
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
 class KnnConfig:
     """DINO's weighted k-NN on the linear probe's frozen features (its block and pooling)."""
 
@@ -187,6 +201,10 @@ class FinetuneConfig:
     # BEiT's/MAE's training views (evals.data.FinetuneAugmentation: random resized crop, flip,
     # RandAugment, random erasing); off: the evaluation's centre views
     augment: bool = False
+    # more labelled sets the fine-tuned classifier is tested on (robustness): name -> dataset
+    # options ('name': the dataset, by default eval_data's), e.g. {imagenet_r: {name: folder,
+    # root: /data/imagenet-r}} or, on the world, {shifted: {split: test, difficulty: 1}}
+    extra_val: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,15 +238,20 @@ class SegmentationConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A run's whole config: what is pre-trained on what, how, and how it is evaluated."""
+
+    # pre-training: the student, what it hides and predicts, from which images, how
     student: StudentConfig = field(default_factory=StudentConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # device, seed, logging, which evaluations
+    # the evaluations: their labelled data, then each protocol
     eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    attentive: AttentiveProbeConfig = field(default_factory=AttentiveProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 

@@ -161,7 +161,7 @@ def data_sizes(config) -> dict[str, tuple[int, int | None, bool]]:
     sizes = {"pretrain": dataset_size(config.data.name, config.data.options, IMAGENET, "train")}
     evals = set(config.run.evals)
     for split in ("train", "val"):
-        if evals & {"linear", "knn", "finetune"}:
+        if evals & {"linear", "knn", "attentive", "finetune"}:
             sizes[f"eval_{split}"] = dataset_size(config.eval_data.name, getattr(config.eval_data, split),
                                                   IMAGENET, split)
         if evals & {"seg_linear", "segmentation"}:
@@ -182,6 +182,8 @@ def run_flops(spec: RunSpec, sizes: dict, pretrain: float, evals: dict[str, floa
         stages["pretrain"] = (images, images * pretrain)
     features = 0  # images through the frozen encoder
     if "linear" in names or "knn" in names:  # one extraction, shared by the two probes
+        features += n["eval_train"] + n["eval_val"]
+    if "attentive" in names:  # its own extraction of the tokens (the probe's head: not counted)
         features += n["eval_train"] + n["eval_val"]
     if "seg_linear" in names:
         features += n["seg_train"] + n["seg_val"]

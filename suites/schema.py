@@ -25,7 +25,8 @@ KEYS = {"name", "description", "preset", "targets", "seeds", "grid", "set", "eva
         "expect", "teacher", "teacher_set", "variants", "primary", "teachers_per_seed"}
 # Per evaluation, the metrics a report tables, headline first; a metric no run has is skipped
 # (mIoU_objects exists where the data has a background class: the world, not ADE20K).
-METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "finetune": ("finetune.top1",),
+METRICS = {"linear": ("linear_probe.top1",), "knn": ("knn.top1",), "attentive": ("attentive_probe.top1",),
+           "finetune": ("finetune.top1",),
            "segmentation": ("segmentation.mIoU_objects", "segmentation.mIoU"),
            "seg_linear": ("segmentation_linear.mIoU_objects", "segmentation_linear.mIoU")}
 ALL_METRICS = [m for names in METRICS.values() for m in names]

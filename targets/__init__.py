@@ -34,6 +34,7 @@ def build_target(name: str, **options) -> TargetProvider:
 # Built-ins, imported when first used (their modules import torch): a typo costs no import.
 BUILT_INS = {"clip": "mimbench.targets.clip:clip_target", "dvae": "mimbench.targets.dvae:DVAETarget",
              "pixels": "mimbench.targets.pixels:PixelTarget", "run": "mimbench.targets.run_teacher:run_target",
+             "multi": "mimbench.targets.multi:multi_target",
              "timm": "mimbench.targets.timm_features:timm_target",
              "vqkd": "mimbench.targets.vqkd:VQKDTarget"}
 for _name, _value in BUILT_INS.items():

@@ -37,22 +37,29 @@ def build_target_for(config: Config, progress: Callable | None = None, device: t
 
 
 def build_provider(config: Config, progress: Callable | None = None):
-    """The provider config.target names, given the student's img_size/patch_size/grid (and its
-    whole config, `student`) where its factory takes them and the user did not set them;
-    in-project teachers are built on first use. Refused if it trains or cannot serve the
+    """The provider config.target names (build_named), refused if it cannot serve the
     student's grid."""
-    factory = TARGETS.get(config.target.name).factory
-    params = inspect.signature(factory).parameters
     context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
-               "grid": config.student.grid, "student": config.student}
-    options = {k: v for k, v in context.items() if k in params}
-    options |= teachers.resolve_references(config.target.options, progress)
-    provider = factory(**options)
+               "grid": config.student.grid, "student": config.student,
+               "standardize": config.target.standardize, "target_loss": config.target.loss, "progress": progress}
+    provider = build_named(config.target.name, config.target.options, context)
+    check_grid(provider.spec, config.student.grid, config.target.name)
+    return provider
+
+
+def build_named(name: str, options: dict, context: dict):
+    """Target `name` with `options`, given what of `context` (the student's img_size,
+    patch_size, grid and config, whether the core standardises the targets, target.loss as
+    target_loss, the progress callback) its factory takes and the options do not set;
+    in-project teachers are built on first use. Refused if it trains."""
+    factory = TARGETS.get(name).factory
+    params = inspect.signature(factory).parameters
+    given = {k: v for k, v in context.items() if k in params}
+    provider = factory(**given | teachers.resolve_references(options, context.get("progress")))
     if isinstance(provider, torch.nn.Module) and any(p.requires_grad for p in provider.parameters()):
-        raise TargetContractError(f"target '{config.target.name}' ({TARGETS.get(config.target.name).source}) "
+        raise TargetContractError(f"target '{name}' ({TARGETS.get(name).source}) "
                                   f"has parameters that require grad; a teacher must be frozen "
                                   f"(requires_grad_(False)), as mimbench.check_target_provider says.")
-    check_grid(provider.spec, config.student.grid, config.target.name)
     return provider
 
 

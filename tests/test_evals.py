@@ -239,3 +239,35 @@ def test_fine_tuning_in_chunks_of_the_device_batch_takes_the_whole_batchs_steps(
         _, runs[limit] = train_classifier(encoder, train_set, recipe, 32, 4, 1, seed=0)
     assert runs[4] == pytest.approx(runs[None], rel=1e-5)
     assert len(set(runs[None])) == 4  # the weights move: the steps differ
+
+
+def test_extra_val_sets_test_the_fine_tuned_classifier(tmp_path, image_folder):
+    """finetune.extra_val: a shifted world (textured objects, noisy backgrounds: difficulty 1)
+    as a robustness set, and a folder holding a subset of the classes, whose images are
+    classified among those classes only (ImageNet-R's protocol)."""
+    from tests.conftest import write_images
+
+    subset = write_images(tmp_path / "subset", classes=("b",), per_class=3)
+    probe = evaluated("finetune", "--model", "timm:random", "--preset", "smoke", "--set",
+                      "finetune.extra_val={shifted: {split: test, difficulty: 1, length: 40}}",
+                      out=tmp_path / "world", name="finetune")
+    assert probe["card"]["extra_val"]["shifted"]["size"] == 40 and "top1_shifted" in probe
+    correct = probe["top1_shifted"] * 40 / 100
+    assert abs(correct - round(correct)) < 1e-6
+    folder = evaluated("finetune", "--model", "timm:random", "--preset", "smoke",
+                       "--set", "eval_data.name=folder", "--set", f"eval_data.train={{root: {image_folder}}}",
+                       "--set", f"eval_data.val={{root: {image_folder}}}", "--set", "run.evals=[finetune]",
+                       "--set", f"finetune.extra_val={{b_only: {{root: {subset}}}}}",
+                       out=tmp_path / "folder", name="finetune")
+    assert folder["top1_b_only"] == 100.0  # one class to choose from: always right
+    assert folder["card"]["extra_val"]["b_only"]["outputs"] == "its classes among the classifier's"
+
+
+def test_extra_classes_map_to_the_classifiers_outputs_by_name():
+    from mimbench.errors import DataError
+    from mimbench.evals.finetune import among_train_classes
+
+    assert among_train_classes(["a", "b", "c"], ["c", "a"], "x").tolist() == [2, 0]
+    assert among_train_classes(["a", "b"], ["a", "b"], "x") is None
+    with pytest.raises(DataError, match="extra_val.x holds classes the fine-tuning data lacks \\(z\\)"):
+        among_train_classes(["a", "b"], ["a", "z"], "x")

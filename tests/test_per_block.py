@@ -1,7 +1,5 @@
 """linear.block=all: one linear probe per block, and the curve suites plot."""
 
-import json
-
 import pytest
 
 from mimbench.suites import report
@@ -10,10 +8,9 @@ from tests.conftest import evaluated, run_cli
 
 def test_each_block_is_probed_as_a_single_block_probe_would(tmp_path):
     run = tmp_path / "run"
-    result = run_cli("run", "--preset", "smoke", "--target", "pixels", "--set", "run.evals=[linear]",
-                     "--set", "linear.block=all", "--out", run)
-    assert result.returncode == 0, result.stderr
-    probe = json.loads((run / "results.json").read_text())["evals"]["linear_probe"]
+    assert run_cli("pretrain", "--preset", "smoke", "--target", "pixels", "--out", run).returncode == 0
+    probe = evaluated("linear", "--checkpoint", run / "checkpoint.pt", "--set", "linear.block=all",
+                      out=tmp_path / "all", name="linear_probe")
     assert probe["top1"] == probe["top1_block1"]  # the smoke student's 2 blocks: the last is the headline
     first = evaluated("linear", "--checkpoint", run / "checkpoint.pt", "--set", "linear.block=0",
                       out=tmp_path / "block0", name="linear_probe")

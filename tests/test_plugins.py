@@ -41,6 +41,9 @@ def small_options(tmp_path_factory):
         "pixels": {"img_size": 32, "patch_size": 8},
         "timm": {"model": "vit_tiny_patch16_224", "weights": None, "input_size": 32},
         "vqkd": {"weights": str(folder / "vqkd.pth"), "shape": VQKD_SMALL},
+        "run": {"path": "random"},  # the student's architecture, from the run's context
+        "multi": {"teachers": ["pixels", {"name": "timm", "model": "vit_tiny_patch16_224", "weights": None,
+                                          "input_size": 32}], "grid": (4, 4), "img_size": 32, "patch_size": 8},
     }
 
 
@@ -49,7 +52,10 @@ BUILT_IN = [e.name for e in TARGETS.entries() if e.source == "built-in"]  # not 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_every_built_in_target_keeps_the_contract(name, small_options):
-    provider = build_target(name, **small_options.get(name, {}))
+    from mimbench import config as cfg
+
+    student = {"student": cfg.resolve("smoke").student} if name == "run" else {}  # what a run gives it
+    provider = build_target(name, **small_options.get(name, {}), **student)
     check_target_provider(provider, name=name)
 
 

@@ -58,19 +58,23 @@ def test_shipped_suites_load_and_expand():
     assert set(schema.shipped()) >= {"tiny", "mvp_vitb16_300ep", "beit_vitb16_300ep",
                                      "ablate_mask_ratio", "ablate_target_layer"}
     tiny = schema.load("tiny")
-    assert len(tiny.runs()) == 6 * 3
+    runs = {r.id: r for r in tiny.runs()}
+    assert len(runs) == 6 * 5 and len(tiny.primary) == 6 * 3
     assert set(tiny.targets) == {"clip", "dvae", "pixels", "vqkd", "random", "teacher"}
-    teacher = next(r for r in tiny.runs() if r.target == "teacher")
+    teacher = runs["teacher-s1"]
     assert teacher.source == "target:clip" and teacher.config.run.evals == tiny.evals
     assert teacher.config.target.options["layer"] == 3  # the teacher's best stage, its row only
-    assert next(r for r in tiny.runs() if r.target == "clip").config.target.options["layer"] == 2
+    assert teacher.config.target.options["model"] == "teacher:clip?seed=1"  # seed 1's own build
+    assert runs["clip-s1"].config.target.options["layer"] == 2
+    assert runs["vqkd-s2"].config.target.options["weights"] == "teacher:vqkd?seed=2&teacher=clip?seed=2"
+    assert all(r.config.eval_data.val["split"] == "test" for r in runs.values())  # the headline split
     ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
     assert ratios == [0.2, 0.3, 0.4, 0.5, 0.6]
     mvp = schema.load("mvp_vitb16_300ep").runs()[0].config
     assert (mvp.student.embed_dim, mvp.optim.epochs, mvp.target.options["model"]) == (768, 300, "ViT-B-16")
 
 
-@pytest.mark.parametrize("name", ["mvp_vitb16_300ep", "beit_vitb16_300ep"])
+@pytest.mark.parametrize("name", ["mvp_vitb16_300ep", "beit_vitb16_300ep", "maskdistill_vitb16_300ep"])
 def test_paper_suites_dry_run_shows_their_compute(name):
     result = run_cli("suite", "run", name, "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -119,9 +123,11 @@ def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build():
     assert smoke.returncode == 0, smoke.stderr
     result = run_cli("suite", "run", "tiny", "--dry-run")
     assert result.returncode == 0, result.stderr
-    # an empty cache: the three teachers, vqkd after the clip teacher it distils
+    # an empty cache: each seed's three teachers, vqkd after the clip teacher it distils
     said = " ".join(result.stdout.split())
-    assert "teachers to build first: clip, dvae, vqkd" in said
+    seeds = range(5)
+    assert ("teachers to build first: " + ", ".join([*(f"clip?seed={s}" for s in seeds), *(f"dvae?seed={s}" for s in seeds),
+                                                    *(f"vqkd?seed={s}&teacher=clip?seed={s}" for s in seeds)])) in said
     assert "tiny preset: timed on a tiny student step" in said, said[-600:]
     tiny = run_cli("bench", "--preset", "tiny", "--target", "pixels", "--repeats", "1")
     assert tiny.returncode == 0, tiny.stderr
