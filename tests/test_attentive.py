@@ -59,6 +59,6 @@ def test_tokens_that_would_fill_the_memory_are_refused_in_one_sentence():
     from mimbench.errors import ConfigError
 
     imagenet = 1_281_167 * 196 * 768 * 4  # ViT-B/16's tokens of ImageNet's train split
-    with pytest.raises(ConfigError, match="holds every image's patch tokens in memory, 717.6 GiB here"):
+    with pytest.raises(ConfigError, match="holds every image's patch tokens in memory, 718.4 GiB here"):
         attentive.check_fits(imagenet)
     attentive.check_fits(256 * 16 * 32 * 4)  # the smoke preset's
