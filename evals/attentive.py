@@ -36,7 +36,7 @@ class AttentivePooler(nn.Module):
 def tokens_of(model: FrozenModel, dataset, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's patch tokens [M, N, D] and labels [M], in the dataset's order, held in
     memory: refused after the first batch when they would fill more than half of it (ImageNet's
-    1.28M x 196 x 768 floats would take 770 GB)."""
+    1.28M x 196 x 768 floats would take 718 GiB)."""
     tokens, labels = [], []
     with torch.no_grad():
         for views, y in labelled_batches(dataset, BATCH, model.view, workers=workers):
