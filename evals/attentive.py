@@ -5,6 +5,7 @@ probe averages the tokens first, this one learns which tokens to read."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 from torch import nn
@@ -33,13 +34,25 @@ class AttentivePooler(nn.Module):
 
 
 def tokens_of(model: FrozenModel, dataset, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image's patch tokens [M, N, D] and labels [M], in the dataset's order."""
+    """Every image's patch tokens [M, N, D] and labels [M], in the dataset's order, held in
+    memory: refused after the first batch when they would fill more than half of it (ImageNet's
+    1.28M x 196 x 768 floats would take 718 GiB)."""
     tokens, labels = [], []
     with torch.no_grad():
         for views, y in labelled_batches(dataset, BATCH, model.view, workers=workers):
             tokens.append(model.tokens(views))
             labels.append(y)
+            if len(tokens) == 1:
+                check_fits(len(dataset) * tokens[0][0].numel() * 4)
     return torch.cat(tokens), torch.cat(labels)
+
+
+def check_fits(need: int) -> None:
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    if need > budget:
+        raise ConfigError(f"the attentive probe holds every image's patch tokens in memory, "
+                          f"{need / 2**30:.1f} GiB here, more than half of this machine's; evaluate "
+                          f"on a subset of the images (eval_data options) or use the linear probe.")
 
 
 def attentive_probe(model: FrozenModel, config, progress=None, preset: str | None = None) -> dict:

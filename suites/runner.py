@@ -7,6 +7,7 @@ import importlib.util
 import json
 import multiprocessing
 import queue
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,11 @@ _STOP = None  # in a --jobs worker: set by the suite's process once the user ask
 _STOPPED = False  # in a --jobs worker: Ctrl-C stopped one of its runs
 
 
-def _start_worker(threads: int, progress: multiprocessing.Queue, stop) -> None:
+def _start_worker(threads: int, progress: multiprocessing.Queue, stop, on_ctrl_c) -> None:
+    """A --jobs worker, started with Ctrl-C ignored (a Ctrl-C while it imports would end it
+    with a traceback); from here on, Ctrl-C is handled as in the suite's process."""
     global _PROGRESS, _STOP
+    signal.signal(signal.SIGINT, on_ctrl_c)
     torch.set_num_threads(threads)
     # progress lines are disposable: a worker that exits (after Ctrl-C, while the suite's
     # process no longer reads them) must not wait to flush them into a full pipe
@@ -237,8 +241,9 @@ def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress
     context = multiprocessing.get_context("spawn")
     updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
     stop = context.Event()
+    on_ctrl_c = signal.getsignal(signal.SIGINT)  # Python's, or SIG_IGN in a background job
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                               initargs=(threads, updates, stop))
+                               initargs=(threads, updates, stop, on_ctrl_c))
     waiting = list(todo)  # in order; a run is started once the runs it loads have finished
     unfinished = {runs[i].id for i in todo}
     pending = {}
@@ -246,8 +251,12 @@ def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress
         while waiting or pending:
             for i in [i for i in waiting if not unfinished & set(runs[i].after)]:
                 waiting.remove(i)
-                pending[pool.submit(_run_in_worker, runs[i], folders[i], preset,
-                                    functools.partial(_relay, runs[i].id))] = i
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker spawned now inherits it ...
+                try:
+                    pending[pool.submit(_run_in_worker, runs[i], folders[i], preset,
+                                        functools.partial(_relay, runs[i].id))] = i
+                finally:
+                    signal.signal(signal.SIGINT, on_ctrl_c)  # ... and this process handles Ctrl-C again
             ended, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             _show(updates, progress)
             for future in ended:

@@ -53,3 +53,12 @@ def test_eval_attentive_from_the_cli(tmp_path):
     card = probe["card"]
     assert card["heads"] == 4 and card["classes"] == 8 and card["predictions"] == "predictions/attentive_probe.npz"
     assert card["steps"] == 2 * 1 and card["val"]["size"] == 128  # 256 train images: one batch an epoch
+
+
+def test_tokens_that_would_fill_the_memory_are_refused_in_one_sentence():
+    from mimbench.errors import ConfigError
+
+    imagenet = 1_281_167 * 196 * 768 * 4  # ViT-B/16's tokens of ImageNet's train split
+    with pytest.raises(ConfigError, match="holds every image's patch tokens in memory, 718.4 GiB here"):
+        attentive.check_fits(imagenet)
+    attentive.check_fits(256 * 16 * 32 * 4)  # the smoke preset's

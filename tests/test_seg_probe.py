@@ -33,7 +33,7 @@ def _model(features):
         masks = torch.stack([torch.from_numpy(np.asarray(lookup[np.asarray(im).tobytes()])) for im in images]).long()
         return features(masks)
 
-    return FrozenModel(None, None, "test", "test", "test", patch_map)
+    return FrozenModel(None, None, "test", "test", "test", patch_map, tokens=None)
 
 
 lookup = {}
