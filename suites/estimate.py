@@ -228,7 +228,7 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
         if name not in names:
             names.append(name)
 
-    for spec in runs:
+    for spec in filter(lambda spec: spec.builds_target, runs):
         for value in spec.config.target.options.values():
             if isinstance(value, str) and value.startswith(teachers.PREFIX):
                 add(value[len(teachers.PREFIX):])

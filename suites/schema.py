@@ -57,6 +57,12 @@ class RunSpec:
         return self.target not in (RANDOM_INIT, TEACHER)
 
     @property
+    def builds_target(self) -> bool:
+        """Whether the run builds its config's target (the random-init and supervised rows
+        resolve the preset's target but never read it)."""
+        return self.target not in (RANDOM_INIT, SUPERVISED)
+
+    @property
     def source(self) -> str | None:
         """What the evaluations read when nothing is pre-trained (None: the run's folder)."""
         if self.target == RANDOM_INIT:

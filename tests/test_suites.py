@@ -137,6 +137,17 @@ def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build():
             f"mimbench bench --preset tiny --target pixels") in " ".join(result.stdout.split())
 
 
+def test_reference_rows_plan_no_teacher_build():
+    """The random-init row resolves the preset's target (clip at tiny) but never builds it: a
+    pixels suite plans no teacher."""
+    from mimbench.suites.estimate import teachers_needed
+
+    path_runs = schema.Suite(name="s", description="", preset="tiny", targets=("pixels", "random", "supervised"),
+                             seeds=(0,), grid={}, set={}, evals=("linear",), compare=(), expect=(),
+                             source=Path("."), teachers_per_seed=True).runs()
+    assert path_runs[1].config.target.name == "clip" and teachers_needed(path_runs) == []
+
+
 def test_durations_have_one_significant_figure():
     from mimbench.suites.estimate import duration
 
