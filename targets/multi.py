@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mimbench.errors import ConfigError
 from mimbench.target_grid import ResampledFeatures
-from mimbench.targets import register_target
+from mimbench.targets import TARGETS, register_target
 from mimbench.targets.base import TargetSpec
 from mimbench.targets.frozen import FrozenTeacher
 
@@ -67,9 +67,13 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
         raise ConfigError(f"target.weights must give one positive weight per teacher ({len(teachers)}), "
                           f"not {weights}.")
     providers = []
-    for entry in teachers:
-        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+    for i, entry in enumerate(teachers):
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else {}
+        if "name" not in entry:
+            raise ConfigError(f"target.teachers[{i}] must be a target's name or a mapping with name: and "
+                              f"its options, not {teachers[i]!r}.")
         name = entry.pop("name")
+        entry = TARGETS.checked_options(name, entry, f"target.teachers[{i}]")
         context = {"grid": grid, "img_size": img_size, "patch_size": patch_size, "student": student,
                    "standardize": False, "progress": progress}
         provider = build_named(name, entry, context)
