@@ -522,13 +522,14 @@ def targets_list(as_json):
     """Every registered target: source, kind and options, read from the registry and the
     factory's signature; nothing is built or downloaded."""
     from mimbench.targets import TARGETS
+    from mimbench.targets.source import RUN_CONTEXT
 
     rows = []
     for entry in TARGETS.entries():
         doc = (entry.factory.__doc__ or "").strip().splitlines()
         options = {name: (None if p.default is inspect.Parameter.empty else p.default)
                    for name, p in inspect.signature(entry.factory).parameters.items()
-                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in RUN_CONTEXT}
         rows.append({"name": entry.name, "source": entry.source, "kind": getattr(entry.factory, "kind", None),
                      "options": options, "description": doc[0] if doc else ""})
     if as_json:

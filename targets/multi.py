@@ -47,8 +47,9 @@ class MultiTeacher(FrozenTeacher):
 def multi_target(teachers: list | None = None, weights: list | None = None, grid: tuple | None = None,
                  img_size: int | None = None, patch_size: int | None = None, student=None,
                  standardize: bool = False, target_loss: str | None = None, progress=None) -> MultiTeacher:
-    """`teachers`: a list of target names or {name: ..., options} mappings (each a feature
-    target); `weights`: each teacher's share of the loss. Without weights every channel counts
+    """Several feature teachers at once, side by side. `teachers`: a list of target names or
+    {name: ..., options} mappings (each a feature target); `weights`: each teacher's share of
+    the loss. Without weights every channel counts
     alike (a teacher weighs by its width). The core's per-channel standardisation would undo
     weights, so with them it must be off (target.standardize=false): each teacher is
     normalised here, per token."""

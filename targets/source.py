@@ -21,6 +21,10 @@ from mimbench.testing import TargetContractError, output_problem
 log = logging.getLogger(__name__)
 
 
+# what a run hands a factory that asks for it, beside the user's options (not options to set)
+RUN_CONTEXT = ("student", "standardize", "target_loss", "progress")
+
+
 def build_target_for(config: Config, progress: Callable | None = None, device: torch.device | None = None):
     """The target of `config` (build_provider), a feature target on another grid resampled to
     the student's (mimbench.target_grid); a provider that is a network is moved to `device`
