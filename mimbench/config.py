@@ -510,6 +510,16 @@ def check_options(config: Config) -> Config:
         chosen = getattr(config, section)
         options = registry.checked_options(chosen.name, chosen.options, section)
         config = dataclasses.replace(config, **{section: dataclasses.replace(chosen, options=options)})
+    extra = {}
+    for key, options in config.finetune.extra_val.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"finetune.extra_val.{key} must be a mapping of dataset options (e.g. "
+                              f"{{split: test, difficulty: 1}}), not {options!r}.")
+        name = options.get("name", config.eval_data.name)
+        rest = DATASETS.checked_options(name, {k: v for k, v in options.items() if k != "name"},
+                                        f"finetune.extra_val.{key}")
+        extra[key] = {"name": options["name"], **rest} if "name" in options else rest
+    config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, extra_val=extra))
     check_values(config)
     return config
 
@@ -551,7 +561,9 @@ def check_values(config: Config) -> None:
                 "segmentation.steps": config.segmentation.steps,
                 "segmentation.batch_size": config.segmentation.batch_size,
                 "segmentation.crop": config.segmentation.crop,
-                "segmentation.stride": config.segmentation.stride}
+                "segmentation.stride": config.segmentation.stride,
+                "attentive.heads": config.attentive.heads, "attentive.epochs": config.attentive.epochs,
+                "attentive.batch_size": config.attentive.batch_size}
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, not {value}.")

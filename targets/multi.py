@@ -49,10 +49,9 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
                  standardize: bool = False, target_loss: str | None = None, progress=None) -> MultiTeacher:
     """Several feature teachers at once, side by side. `teachers`: a list of target names or
     {name: ..., options} mappings (each a feature target); `weights`: each teacher's share of
-    the loss. Without weights every channel counts
-    alike (a teacher weighs by its width). The core's per-channel standardisation would undo
-    weights, so with them it must be off (target.standardize=false): each teacher is
-    normalised here, per token."""
+    the loss. Without weights every channel counts alike (a teacher weighs by its width). The
+    core's per-channel standardisation would undo weights, so with them it must be off
+    (target.standardize=false): each teacher is normalised here, per token."""
     from mimbench.targets.source import build_named
 
     if not teachers or len(teachers) < 2:
@@ -64,9 +63,10 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
     if standardize and weights is not None:
         raise ConfigError("the multi target weighs the teachers by scaling their tokens, which the "
                           "core's per-channel standardisation would undo; add --set target.standardize=false.")
-    if weights is not None and (len(weights) != len(teachers) or min(float(w) for w in weights) <= 0):
+    if weights is not None and (not isinstance(weights, list) or len(weights) != len(teachers)
+                                or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
         raise ConfigError(f"target.weights must give one positive weight per teacher ({len(teachers)}), "
-                          f"not {weights}.")
+                          f"not {weights!r}.")
     providers = []
     for i, entry in enumerate(teachers):
         entry = {"name": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else {}
@@ -84,5 +84,5 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
             provider = ResampledFeatures(provider, grid)
         providers.append(provider)
     dims = [p.spec.dim for p in providers]
-    shares = [d / sum(dims) for d in dims] if weights is None else [float(w) / sum(map(float, weights)) for w in weights]
+    shares = [d / sum(dims) for d in dims] if weights is None else [w / sum(weights) for w in weights]
     return MultiTeacher(providers, shares, grid, providers[0].spec.interpolation)

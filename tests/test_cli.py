@@ -294,6 +294,7 @@ BAD_INPUTS = [  # (--set overrides, the sentence's words): each refused before a
     (["student.patch_size=5"], "student.img_size 32 is not a multiple of student.patch_size 5"),
     (["optim.steps=-1"], "optim.steps must be positive, not -1"),
     (["optim.batch_size=0"], "optim.batch_size must be positive, not 0"),
+    (["attentive.epochs=0"], "attentive.epochs must be positive, not 0"),
     (["run.device=cuda:7"], "run.device=cuda:7"),
     (["target.layer=abc"], "'target.layer' must be an integer, not 'abc'"),
     (["segmentation.crop=4"], "segmentation.crop 4 is smaller than a patch (8 px)"),

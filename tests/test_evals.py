@@ -263,6 +263,16 @@ def test_extra_val_sets_test_the_fine_tuned_classifier(tmp_path, image_folder):
     assert folder["card"]["extra_val"]["b_only"]["outputs"] == "its classes among the classifier's"
 
 
+def test_extra_val_options_are_checked_before_anything_runs(cli, tmp_path):
+    typo = cli("eval", "finetune", "--model", "timm:random", "--preset", "smoke", "--set",
+               "finetune.extra_val={shifted: {difficultty: 1}}", "--out", tmp_path / "a")
+    assert "unknown config key 'finetune.extra_val.shifted.difficultty' (did you mean 'difficulty'" in typo.stderr
+    flat = cli("eval", "finetune", "--model", "timm:random", "--preset", "smoke", "--set",
+               "finetune.extra_val={shifted: 1}", "--out", tmp_path / "b")
+    assert "finetune.extra_val.shifted must be a mapping of dataset options" in flat.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_extra_classes_map_to_the_classifiers_outputs_by_name():
     from mimbench.errors import DataError
     from mimbench.evals.finetune import among_train_classes
