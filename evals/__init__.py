@@ -66,6 +66,9 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
     out = run.path
     step = results.get("pretrain", {}).get("steps", 0)  # evaluations sit at the run's last step
     is_target = source.kind == "target"
+    if is_target and "linear" in names and config.linear.block == "all":
+        raise ConfigError(f"linear.block=all probes each block of a student; {source} has no "
+                          f"blocks to probe (drop linear.block, or evaluate a run).")
     frozen = target_features(config, source.text) if is_target and set(names) & set(FROZEN_EVALS) else None
     stopped = None
     for name in names:
@@ -76,9 +79,6 @@ def _evaluate(names, config, source, run, progress, preset, results, trackers, p
                 encoder, description, stopped = load_backbone(source, config, partial)
         started = time.perf_counter()
         if name == "linear" and config.linear.block == "all":
-            if is_target:
-                raise ConfigError(f"linear.block=all probes each block of a student; {source} has no "
-                                  f"blocks to probe (drop linear.block, or evaluate a run).")
             result = probe_blocks(encoder, config, description, Path(out) / "features", progress, preset)
         elif name in FROZEN_EVALS:
             model = frozen if is_target else student_features(encoder, config, description)

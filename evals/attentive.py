@@ -5,12 +5,12 @@ probe averages the tokens first, this one learns which tokens to read."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 from torch import nn
 
 from mimbench.errors import ConfigError
+from mimbench.memory import refuse_over_half
 from mimbench.evals.data import eval_splits, labelled_batches
 from mimbench.evals.features import BATCH, FrozenModel
 from mimbench.evals.probe_heads import fit_head
@@ -43,16 +43,9 @@ def tokens_of(model: FrozenModel, dataset, workers: int) -> tuple[torch.Tensor, 
             tokens.append(model.tokens(views))
             labels.append(y)
             if len(tokens) == 1:
-                check_fits(len(dataset) * tokens[0][0].numel() * 4)
+                refuse_over_half(len(dataset) * tokens[0][0].numel() * 4, "the attentive probe's tokens",
+                                 "evaluate on a subset of the images (eval_data options) or use the linear probe")
     return torch.cat(tokens), torch.cat(labels)
-
-
-def check_fits(need: int) -> None:
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    if need > budget:
-        raise ConfigError(f"the attentive probe holds every image's patch tokens in memory, "
-                          f"{need / 2**30:.1f} GiB here, more than half of this machine's; evaluate "
-                          f"on a subset of the images (eval_data options) or use the linear probe.")
 
 
 def attentive_probe(model: FrozenModel, config, progress=None, preset: str | None = None) -> dict:

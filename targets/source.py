@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from typing import Callable
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from mimbench import teachers
 from mimbench.config import Config
 from mimbench.errors import ConfigError, MimbenchError
+from mimbench.memory import refuse_over_half
 from mimbench.target_grid import ResampledFeatures, check_grid
 from mimbench.targets import TARGETS
 from mimbench.testing import TargetContractError, output_problem
@@ -116,7 +116,4 @@ def check_cache_fits(spec, images: int, budget: int | None = None) -> None:
     memory (float32 features, int64 token ids). Memory: images x tokens x channels (tiny d-VAE:
     10 MB; tiny CLIP stage 2: 650 MB)."""
     need = images * spec.grid[0] * spec.grid[1] * (spec.dim * 4 if spec.kind == "features" else 8)
-    budget = budget or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    if need > budget:
-        raise ConfigError(f"target.cache would hold {need / 2**30:.1f} GiB of targets for {images:,} "
-                          f"images, more than half of this machine's memory; set target.cache=false.")
+    refuse_over_half(need, f"target.cache of {images:,} images' targets", "set target.cache=false", budget)

@@ -57,8 +57,9 @@ def test_eval_attentive_from_the_cli(tmp_path):
 
 def test_tokens_that_would_fill_the_memory_are_refused_in_one_sentence():
     from mimbench.errors import ConfigError
+    from mimbench.memory import refuse_over_half
 
-    imagenet = 1_281_167 * 196 * 768 * 4  # ViT-B/16's tokens of ImageNet's train split
-    with pytest.raises(ConfigError, match="holds every image's patch tokens in memory, 718.4 GiB here"):
-        attentive.check_fits(imagenet)
-    attentive.check_fits(256 * 16 * 32 * 4)  # the smoke preset's
+    imagenet = 1_281_167 * 196 * 768 * 4  # ViT-B/16's tokens of ImageNet's train split: 718.4 GiB
+    with pytest.raises(ConfigError, match=r"tokens would hold 718\.4 GiB, more than half of this machine's memory; evaluate"):
+        refuse_over_half(imagenet, "the attentive probe's tokens", "evaluate on a subset", budget=64 * 2**30)
+    refuse_over_half(256 * 16 * 32 * 4, "the smoke preset's tokens", "", budget=64 * 2**30)

@@ -229,7 +229,7 @@ def test_a_target_cache_too_big_for_memory_is_refused_before_training():
 
     clip = TargetSpec("features", 128, (8, 8), 64)  # float32: 20,000 x 64 x 128 x 4 = 655 MB
     check_cache_fits(clip, 20_000, budget=700 * 10**6)
-    with pytest.raises(ConfigError, match=r"0\.6 GiB of targets for 20,000 images.*target\.cache=false"):
+    with pytest.raises(ConfigError, match=r"20,000 images' targets would hold 0\.6 GiB.*target\.cache=false"):
         check_cache_fits(clip, 20_000, budget=600 * 10**6)
     tokens = TargetSpec("tokens", 8192, (14, 14), 112)  # int64 ids: 1.28M x 196 x 8 = 2.0 GB
     with pytest.raises(ConfigError, match="1.9 GiB"):

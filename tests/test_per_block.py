@@ -15,10 +15,11 @@ def test_each_block_is_probed_as_a_single_block_probe_would(tmp_path):
     first = evaluated("linear", "--checkpoint", run / "checkpoint.pt", "--set", "linear.block=0",
                       out=tmp_path / "block0", name="linear_probe")
     assert probe["top1_block0"] == first["top1"] and first["card"]["features"] == "avg-pooled block 0"
-    refused = run_cli("eval", "linear", "--model", "target:pixels", "--preset", "smoke", "--set",
+    refused = run_cli("eval", "linear", "--model", "target:clip", "--preset", "smoke", "--set",
                       "linear.block=all", "--out", tmp_path / "t")
     assert refused.returncode != 0
-    assert "linear.block=all probes each block of a student; target:pixels has no blocks" in refused.stderr
+    assert "linear.block=all probes each block of a student; target:clip has no blocks" in refused.stderr
+    assert not (tmp_path / "mimbench-home" / "teachers").exists()  # refused before building the teacher
 
 
 def test_the_suite_curve_is_each_targets_mean_over_seeds_at_each_block(tmp_path):
