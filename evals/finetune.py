@@ -121,7 +121,7 @@ def extra_top1(model: Classifier, config, size: int, train_set) -> tuple[dict, d
     metrics, cards = {}, {}
     for name, options in config.finetune.extra_val.items():
         options = dict(options)
-        dataset_name = options.pop("name", config.eval_data.name)
+        dataset_name = options.pop("name")  # config.check_options names it
         dataset = build_dataset(dataset_name, **options)
         extra_classes = list(getattr(dataset, "classes", None) or [])
         among = among_train_classes(list(getattr(train_set, "classes", None) or []), extra_classes, name)

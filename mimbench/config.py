@@ -518,7 +518,7 @@ def check_options(config: Config) -> Config:
         name = options.get("name", config.eval_data.name)
         rest = DATASETS.checked_options(name, {k: v for k, v in options.items() if k != "name"},
                                         f"finetune.extra_val.{key}")
-        extra[key] = {"name": options["name"], **rest} if "name" in options else rest
+        extra[key] = {"name": name, **rest}  # the dataset named, eval_data's by default
     config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, extra_val=extra))
     check_values(config)
     return config

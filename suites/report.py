@@ -3,6 +3,7 @@ evaluation, expectations checked, and plots (bars with CIs, loss curves, ablatio
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -138,10 +139,10 @@ def primary_family(suite: Suite, rows: list[dict]) -> list[dict]:
     gaps = [paired_gap(at, a, b, metric) or {"metric": metric, "a": a, "b": b, "n": 0, "mean": math.nan,
                                              "low": math.nan, "high": math.nan, "p": math.nan}
             for a, b, metric in suite.primary]
+    saved = functools.cache(lambda target, evaluation: predictions_by_seed(at, target, evaluation))  # read once
     for gap, adjusted in zip(gaps, holm([g["p"] for g in gaps])):
         evaluation, _, measure = gap["metric"].partition(".")
-        interval = bootstrap_gap(predictions_by_seed(at, gap["a"], evaluation),
-                                 predictions_by_seed(at, gap["b"], evaluation)) if measure == "top1" else None
+        interval = bootstrap_gap(saved(gap["a"], evaluation), saved(gap["b"], evaluation)) if measure == "top1" else None
         gap |= {"p_holm": adjusted, "holds": bool(adjusted < 1 - CONFIDENCE and gap["mean"] > 0),
                 "bootstrap": interval}
     return gaps

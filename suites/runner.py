@@ -207,11 +207,16 @@ class Tally:
             self.progress("suite", self.done, len(self.ids), {})
 
 
+def ready(runs: list[RunSpec], waiting: list[int], unfinished: set[str]) -> list[int]:
+    """The waiting runs none of whose loaded runs ({run:ROW}) is unfinished."""
+    return [i for i in waiting if not unfinished & set(runs[i].after)]
+
+
 def waves(runs: list[RunSpec], todo: list[int]) -> list[list[int]]:
-    """`todo` in waves: each run after the wave holding the runs it loads ({run:ROW})."""
+    """`todo` in waves: each run after the wave holding the runs it loads."""
     unfinished, left, out = {runs[i].id for i in todo}, list(todo), []
     while left:
-        out.append([i for i in left if not unfinished & set(runs[i].after)])
+        out.append(ready(runs, left, unfinished))
         left = [i for i in left if i not in out[-1]]
         unfinished -= {runs[i].id for i in out[-1]}
     return out
@@ -249,7 +254,7 @@ def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress
     pending = {}
     try:
         while waiting or pending:
-            for i in [i for i in waiting if not unfinished & set(runs[i].after)]:
+            for i in ready(runs, waiting, unfinished):
                 waiting.remove(i)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker spawned now inherits it ...
                 try:

@@ -67,6 +67,8 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
                                 or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
         raise ConfigError(f"target.weights must give one positive weight per teacher ({len(teachers)}), "
                           f"not {weights!r}.")
+    context = {"grid": grid, "img_size": img_size, "patch_size": patch_size, "student": student,
+               "standardize": False, "progress": progress}  # each teacher is normalised here
     providers = []
     for i, entry in enumerate(teachers):
         entry = {"name": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else {}
@@ -75,8 +77,6 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
                               f"its options, not {teachers[i]!r}.")
         name = entry.pop("name")
         entry = TARGETS.checked_options(name, entry, f"target.teachers[{i}]")
-        context = {"grid": grid, "img_size": img_size, "patch_size": patch_size, "student": student,
-                   "standardize": False, "progress": progress}
         provider = build_named(name, entry, context)
         if provider.spec.kind != "features":
             raise ConfigError(f"teacher '{name}' gives token ids; the multi target regresses features only.")

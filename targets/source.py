@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 # what a run hands a factory that asks for it, beside the user's options (not options to set)
-RUN_CONTEXT = ("student", "standardize", "target_loss", "progress")
+RUN_CONTEXT = ("student", "standardize", "target_loss", "progress")  # the run's own, never options
 
 
 def build_target_for(config: Config, progress: Callable | None = None, device: torch.device | None = None):
@@ -43,9 +43,10 @@ def build_target_for(config: Config, progress: Callable | None = None, device: t
 def build_provider(config: Config, progress: Callable | None = None):
     """The provider config.target names (build_named), refused if it cannot serve the
     student's grid."""
-    context = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
-               "grid": config.student.grid, "student": config.student,
-               "standardize": config.target.standardize, "target_loss": config.target.loss, "progress": progress}
+    geometry = {"img_size": config.student.img_size, "patch_size": config.student.patch_size,
+                "grid": config.student.grid}  # defaults a target's options may override
+    run = (config.student, config.target.standardize, config.target.loss, progress)
+    context = geometry | dict(zip(RUN_CONTEXT, run, strict=True))
     provider = build_named(config.target.name, config.target.options, context)
     check_grid(provider.spec, config.student.grid, config.target.name)
     return provider
