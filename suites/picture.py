@@ -34,8 +34,10 @@ def to_rgb(values: torch.Tensor, tokens: bool, frame: tuple | None = None):
 
 
 @torch.no_grad()
-def example(folder: Path, index: int = 0) -> dict:
+def example(folder: Path, index: int = 0) -> dict | None:
     state = checkpoint.load_latest(folder)
+    if state is None:
+        return None  # the run's checkpoint was deleted: no student to draw
     config = cfg.from_dict(state["config"])
     provider = build_target_for(config)
     spec = provider.spec

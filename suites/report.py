@@ -261,13 +261,17 @@ def make_plots(suite: Suite, rows: list[dict], metrics: list[str], out: Path) ->
     import matplotlib
 
     matplotlib.use("Agg")
+    for old in out.glob("*.png"):  # an earlier report's figures: none may outlive its data
+        old.unlink()
     written = [bars(suite, rows, metric, out) for metric in metrics]
     written.append(loss_curves(rows, out))
     written.append(block_curves(rows, out))
     examples = {}
     for r in rows:
         if r["target"] not in examples and r["loss_curve"] and not r["point"]:
-            examples[r["target"]] = picture.example(Path(r["folder"]))
+            drawn = picture.example(Path(r["folder"]))
+            if drawn is not None:
+                examples[r["target"]] = drawn
     if examples:
         written.append(save(picture.draw(examples), out / "examples.png"))
     if isinstance(suite.grid, dict) and len(suite.grid) == 1:

@@ -241,6 +241,13 @@ def test_interrupted_suite_continues_without_redoing_finished_runs(tmp_path):
     for png in ("bars_linear_probe_top1.png", "loss_curves.png", "examples.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
+    for checkpoint in (out / "runs").glob("*/checkpoint*.pt"):  # deleted to save space
+        checkpoint.unlink()
+    again = run_cli("suite", "run", suite, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert not (out / "examples.png").exists()  # no student left to draw, and no stale picture
+    assert (out / "bars_linear_probe_top1.png").exists() and "pixels vs random:" in (out / "report.md").read_text()
+
 
 def test_ablation_suite_draws_its_line_plot(tmp_path):
     suite = tmp_path / "ablate.yaml"
