@@ -19,6 +19,7 @@ from mimbench.errors import ConfigError
 from mimbench.evals.backbone import input_size, per_block_rel_pos_bias
 from mimbench.evals.data import fingerprint, student_batch
 from mimbench.evals.metrics import segmentation_metrics
+from mimbench.evals.tower import StageTower
 from mimbench.evals.training import endless, set_drop_path, train
 from mimbench.optim import param_groups
 
@@ -114,7 +115,7 @@ class Segmenter(nn.Module):
     def __init__(self, encoder: nn.Module, classes: int, channels: int, pool_scales,
                  aux_channels: int | None = None):
         super().__init__()
-        self.pyramid = StagePyramid(encoder) if hasattr(encoder, "stages") else ViTPyramid(encoder)
+        self.pyramid = StagePyramid(encoder) if isinstance(encoder, StageTower) else ViTPyramid(encoder)
         self.encoder = encoder
         cins = self.pyramid.channels
         self.head = UperHead(cins, channels, classes, pool_scales)
