@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from filelock import FileLock
@@ -105,7 +106,10 @@ def cached(name: str) -> bool:
 
 
 def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -> tuple[Path, dict]:
-    """The folder of teacher `name`, built now if missing, changed or damaged; and its report."""
+    """The folder of teacher `name`, built now if missing, changed or damaged; and its report
+    (with the build's wall time and thread count)."""
+    import torch
+
     teacher = get(name)
     parents = {parent: ensure(parent, progress) for parent in teacher.parents}  # first: their
     folder = folder_for(teacher)  # weights are part of this teacher's key
@@ -124,9 +128,12 @@ def ensure(name: str, progress: Progress | None = None, rebuild: bool = False) -
             shutil.rmtree(unfinished, ignore_errors=True)
         unfinished.mkdir(exist_ok=True)
         loads = {parent: get(parent).reference(built) for parent, (built, _) in parents.items()}
+        started = time.perf_counter()
         report = teacher.build(teacher.config, unfinished, progress, loads)
-        report |= {"teacher": name, "config": dataclasses.asdict(teacher.config),
-                   "version": teacher.version, "sha256": sha256(unfinished / teacher.weights_file),
+        report |= {"build_seconds": round(time.perf_counter() - started),  # a resumed build: since it resumed
+                   "threads": torch.get_num_threads(),
+                   "teacher": name, "config": dataclasses.asdict(teacher.config), "version": teacher.version,
+                   "sha256": sha256(unfinished / teacher.weights_file),
                    "built_from": {parent: made["sha256"] for parent, (_, made) in parents.items()}}
         (unfinished / "report.json").write_text(json.dumps(report, indent=2))
         (unfinished / FIT_STATE).unlink(missing_ok=True)
