@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 # what a run hands a factory that asks for it, beside the user's options (not options to set)
-RUN_CONTEXT = ("student", "standardize", "target_loss", "progress")  # the run's own, never options
+RUN_CONTEXT = ("student", "standardize", "target_loss", "progress")
 
 
 def build_target_for(config: Config, progress: Callable | None = None, device: torch.device | None = None):
