@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from mimbench.errors import ConfigError
-from mimbench.memory import refuse_over_half
 from mimbench.evals.data import eval_splits, labelled_batches
 from mimbench.evals.features import BATCH, FrozenModel
 from mimbench.evals.probe_heads import fit_head
+from mimbench.memory import refuse_over_half
 
 
 class AttentivePooler(nn.Module):
