@@ -192,13 +192,12 @@ def with_run_folders(spec: RunSpec, runs: Path) -> RunSpec:
 
 
 def with_seeded_teachers(config: cfg.Config, seed: int) -> cfg.Config:
-    """`config` with every in-project teacher its target loads ('teacher:NAME' options) built
-    with `seed`, and the teachers those are built from."""
+    """`config` with every in-project teacher its target loads ('teacher:NAME' options, those
+    of a multi target's teachers included) built with `seed`, and the teachers those are
+    built from."""
     from mimbench import teachers
 
-    options = {key: teachers.PREFIX + teachers.seeded(value[len(teachers.PREFIX):], seed)
-               if isinstance(value, str) and value.startswith(teachers.PREFIX) else value
-               for key, value in config.target.options.items()}
+    options = teachers.with_references_changed(config.target.options, lambda name: teachers.seeded(name, seed))
     return replace(config, target=replace(config.target, options=options))
 
 

@@ -554,6 +554,23 @@ def test_teachers_per_seed_builds_every_in_project_teacher_and_its_parent_with_t
         assert list(built_from.values()) == [clip[seed]]
 
 
+def test_teachers_per_seed_reaches_the_teachers_of_a_multi_target(tmp_path):
+    """A multi target's teachers carry their own options: teachers_per_seed seeds the
+    in-project teacher inside them too, and the run's results record that teacher, so a
+    multi row's intervals hold teacher-build variance like the clip row's."""
+    path = tmp_path / "multi.yaml"
+    path.write_text("preset: smoke\nvariants:\n  both: {target: multi, set: {target.teachers: "
+                    "[{name: clip, model: 'teacher:clip-smoke', layer: 2}, pixels], target.weights: [1, 1], "
+                    "target.standardize: false}}\ntargets: [both]\nseeds: [1]\nevals: [linear]\n"
+                    "teachers_per_seed: true\nset: {optim.steps: 2}\n")
+    runs = {r.id: r for r in schema.load(str(path)).runs()}
+    clip, pixels = runs["both-s1"].config.target.options["teachers"]
+    assert clip == {"name": "clip", "model": "teacher:clip-smoke?seed=1", "layer": 2} and pixels == "pixels"
+    used = teachers_used(path, tmp_path / "out", runs)["both-s1"]
+    assert list(used) == ["teacher:clip-smoke?seed=1"]
+    assert Path(used["teacher:clip-smoke?seed=1"]["folder"]).name.startswith("clip-smoke-")
+
+
 def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(tmp_path):
     """variants: a row 'clip-unnamed' is the clip target with its own target.model; '{seed}'
     makes each seed build its own teacher (teacher-build variance in the intervals). The shipped

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock
 
@@ -157,9 +158,29 @@ def used_by(options: dict) -> dict:
     """The built teachers that `options` refer to: reference -> its cache folder and weights'
     SHA-256 (what a run's results record, so a number names the teacher it came from)."""
     out = {}
-    for value in options.values():
-        if isinstance(value, str) and value.startswith(PREFIX):
-            folder = folder_for(get(value[len(PREFIX):]))
-            out[value] = {"folder": str(folder),
-                          "sha256": json.loads((folder / "report.json").read_text())["sha256"]}
+    for value in references(options):
+        folder = folder_for(get(value[len(PREFIX):]))
+        out[value] = {"folder": str(folder),
+                      "sha256": json.loads((folder / "report.json").read_text())["sha256"]}
     return out
+
+
+def references(value) -> list[str]:
+    """Every "teacher:NAME" in an option value, lists and mappings included (the multi
+    target's teachers carry their own options)."""
+    if isinstance(value, str):
+        return [value] if value.startswith(PREFIX) else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [reference for item in items for reference in references(item)]
+
+
+def with_references_changed(value, change: Callable[[str], str]):
+    """`value` with each "teacher:NAME" in it, lists and mappings included, replaced by
+    "teacher:" + change(NAME)."""
+    if isinstance(value, str):
+        return PREFIX + change(value[len(PREFIX):]) if value.startswith(PREFIX) else value
+    if isinstance(value, dict):
+        return {key: with_references_changed(item, change) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(with_references_changed(item, change) for item in value)
+    return value
