@@ -445,15 +445,15 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
 
     loaded = schema.load(name, preset, tuple(overrides))
     runs = loaded.runs()
+    folder = Path(out or f"suites-out/{loaded.name}")
     if dry_run:
-        print_estimate(loaded, runs)
+        print_estimate(loaded, runs, folder)
         return
     from mimbench.suites.report import write_report
     from mimbench.suites.runner import Cluster, run_suite
 
     cluster = executor and Cluster(executor, slurm_partition, gpus_per_run, cpus_per_run, mem_gb,
                                    timeout_min)
-    folder = Path(out or f"suites-out/{loaded.name}")
     say(f"suite [bold]{loaded.name}[/]: {len(runs)} runs in {folder}")
     with reporter(keep_finished=False) as report:  # a suite's finished runs leave no bars
         rows = run_suite(loaded, folder, report, say, jobs, cluster)
@@ -462,24 +462,35 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
     click.echo(path.read_text().split("## ")[0].strip())
 
 
-def print_estimate(loaded, runs) -> None:
+def print_estimate(loaded, runs, folder: Path) -> None:
+    """The runs and what the ones not yet finished in `folder` will cost (a finished run is
+    read back, not redone)."""
     from mimbench.suites.estimate import estimate
+    from mimbench.suites.runner import is_finished
+    from mimbench.suites.schema import with_run_folders
 
-    figures = estimate(runs)
-    table = Table(title=f"suite {loaded.name}: {len(runs)} runs (dry run)")
+    finished = {spec.id for spec in runs
+                if is_finished(with_run_folders(spec, folder / "runs"), folder / "runs" / spec.id)}
+    left = [spec for spec in runs if spec.id not in finished]
+    figures = estimate(left)
+    cost = {spec.id: row for spec, row in zip(left, figures["runs"])}
+    title = f"suite {loaded.name}: {len(runs)} runs" + (f", {len(finished)} finished in {folder}" if finished else "")
+    table = Table(title=f"{title} (dry run)")
     for column in ("run", "target", "seed", "grid point", "images", "TFLOPs"):
         table.add_column(column)
-    for spec, row in zip(runs, figures["runs"]):
+    for spec in runs:
+        row = cost.get(spec.id)
         table.add_row(spec.id, spec.target, str(spec.seed), json.dumps(spec.point) if spec.point else "-",
-                      f"{row['images']:,}", f"{row['flops'] / 1e12:,.1f}")
+                      f"{row['images']:,}" if row else "finished", f"{row['flops'] / 1e12:,.1f}" if row else "-")
     Console().print(table)
-    click.echo(f"total: {figures['total_flops'] / 1e15:,.2f} PFLOPs ({figures['counted']}).")
+    click.echo(f"total{' of the runs left' if finished else ''}: {figures['total_flops'] / 1e15:,.2f} "
+               f"PFLOPs ({figures['counted']}).")
     if figures["teachers_to_build"]:
         click.echo(f"teachers to build first: {', '.join(figures['teachers_to_build'])} "
                    f"({figures['teacher_build_time']} as measured on 2 CPU cores).")
     click.echo(f"this machine, one run at a time: {figures['cpu_time']}, teacher builds included "
                f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, {figures['cpu_rate_source']}; "
-               f"`mimbench bench --preset {runs[0].config.run.preset if runs else 'tiny'}` "
+               f"`mimbench bench --preset {loaded.preset}` "
                f"measures it anew; plus {figures['overhead_s']:,.0f} s of per-run set-up); "
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})

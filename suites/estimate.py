@@ -229,9 +229,8 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
             names.append(name)
 
     for spec in filter(lambda spec: spec.builds_target, runs):
-        for value in spec.config.target.options.values():
-            if isinstance(value, str) and value.startswith(teachers.PREFIX):
-                add(value[len(teachers.PREFIX):])
+        for value in teachers.references(spec.config.target.options):
+            add(value[len(teachers.PREFIX):])
     return names
 
 

@@ -64,7 +64,8 @@ def multi_target(teachers: list | None = None, weights: list | None = None, grid
         raise ConfigError("the multi target weighs the teachers by scaling their tokens, which the "
                           "core's per-channel standardisation would undo; add --set target.standardize=false.")
     if weights is not None and (not isinstance(weights, list) or len(weights) != len(teachers)
-                                or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+                                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                                        for w in weights)):
         raise ConfigError(f"target.weights must give one positive weight per teacher ({len(teachers)}), "
                           f"not {weights!r}.")
     context = {"grid": grid, "img_size": img_size, "patch_size": patch_size, "student": student,

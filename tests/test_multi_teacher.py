@@ -45,6 +45,8 @@ def test_refusals_say_what_to_set():
         build_target("multi", teachers=["pixels", TINY_VIT], weights=[1], **CONTEXT)
     with pytest.raises(ConfigError, match="one positive weight per teacher \\(2\\), not \\['a', 1\\]"):
         build_target("multi", teachers=["pixels", TINY_VIT], weights=["a", 1], **CONTEXT)
+    with pytest.raises(ConfigError, match="one positive weight per teacher \\(2\\), not \\[True, 1\\]"):
+        build_target("multi", teachers=["pixels", TINY_VIT], weights=[True, 1], **CONTEXT)  # YAML's yes
     with pytest.raises(ConfigError, match="unknown config key 'target.teachers\\[1\\].modle' \\(did you mean 'model'"):
         build_target("multi", teachers=["pixels", {"name": "timm", "modle": "vit_tiny_patch16_224"}], **CONTEXT)
     with pytest.raises(ConfigError, match="target.teachers\\[0\\] must be a target's name or a mapping with name:"):

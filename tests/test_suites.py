@@ -463,6 +463,14 @@ def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
     assert (tmp_path / "out" / "runs" / "random-s0" / "config.yaml").exists()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "random at mask.ratio" not in report and "pixels at mask.ratio=0.5" in report
+    # a dry run over the same folder prices only what is left: nothing, then the edited point
+    plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "3 runs, 3 finished in" in plan.stdout and "total of the runs left: 0.00 PFLOPs" in plan.stdout
+    path.write_text(path.read_text().replace("[0.3, 0.5]", "[0.3, 0.6]"))
+    plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run")
+    left = [line for line in plan.stdout.splitlines() if "-s0" in line and "finished" not in line]
+    assert "3 runs, 2 finished in" in plan.stdout and len(left) == 1 and "pixels-ratio0.6-s0" in left[0]
 
 
 def test_holm_adjusts_a_family_as_computed_by_hand():
@@ -566,6 +574,8 @@ def test_teachers_per_seed_reaches_the_teachers_of_a_multi_target(tmp_path):
     runs = {r.id: r for r in schema.load(str(path)).runs()}
     clip, pixels = runs["both-s1"].config.target.options["teachers"]
     assert clip == {"name": "clip", "model": "teacher:clip-smoke?seed=1", "layer": 2} and pixels == "pixels"
+    from mimbench.suites.estimate import teachers_needed
+    assert teachers_needed(list(runs.values())) == ["clip-smoke?seed=1"]  # the dry run's list
     used = teachers_used(path, tmp_path / "out", runs)["both-s1"]
     assert list(used) == ["teacher:clip-smoke?seed=1"]
     assert Path(used["teacher:clip-smoke?seed=1"]["folder"]).name.startswith("clip-smoke-")
