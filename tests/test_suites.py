@@ -68,6 +68,12 @@ def test_shipped_suites_load_and_expand():
     assert runs["clip-s1"].config.target.options["layer"] == 2
     assert runs["vqkd-s2"].config.target.options["weights"] == "teacher:vqkd?seed=2&teacher=clip?seed=2"
     assert all(r.config.eval_data.val["split"] == "test" for r in runs.values())  # the headline split
+    # the world results of bootstrap, multi_teacher and recipe_grid reuse the tiny suite's runs
+    for name, row in (("bootstrap", "clip-s1"), ("multi_teacher", "pixels-s1"), ("recipe_grid", "clip-ratio0.45-lossmse-s1")):
+        reused = {r.id: r for r in schema.load(name).runs()}[row].config
+        assert not schema.cfg.differing_keys(reused, runs[row.split("-")[0] + "-s1"].config), name
+    [multi] = [r for r in schema.load("multi_teacher").runs() if r.id == "clip_pixels-s1"]
+    assert multi.config.target.options["teachers"][0]["model"] == "teacher:clip?seed=1"
     ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
     assert ratios == [0.2, 0.3, 0.4, 0.5, 0.6]
     mvp = schema.load("mvp_vitb16_300ep").runs()[0].config
