@@ -472,7 +472,7 @@ def print_estimate(loaded, runs, folder: Path) -> None:
     finished = {spec.id for spec in runs
                 if is_finished(with_run_folders(spec, folder / "runs"), folder / "runs" / spec.id)}
     left = [spec for spec in runs if spec.id not in finished]
-    figures = estimate(left)
+    figures = estimate(left, loaded.preset)
     cost = {spec.id: row for spec, row in zip(left, figures["runs"])}
     title = f"suite {loaded.name}: {len(runs)} runs" + (f", {len(finished)} finished in {folder}" if finished else "")
     table = Table(title=f"{title} (dry run)")
@@ -483,6 +483,9 @@ def print_estimate(loaded, runs, folder: Path) -> None:
         table.add_row(spec.id, spec.target, str(spec.seed), json.dumps(spec.point) if spec.point else "-",
                       f"{row['images']:,}" if row else "finished", f"{row['flops'] / 1e12:,.1f}" if row else "-")
     Console().print(table)
+    if not left:
+        click.echo(f"every run is finished in {folder}: nothing left to run; `suite run` writes the report.")
+        return
     click.echo(f"total{' of the runs left' if finished else ''}: {figures['total_flops'] / 1e15:,.2f} "
                f"PFLOPs ({figures['counted']}).")
     if figures["teachers_to_build"]:

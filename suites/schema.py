@@ -178,9 +178,14 @@ def run_id(row: str, label: str, seed: int) -> str:
 
 
 def with_seed(value, seed: int):
-    """A variant's value at `seed`: '{seed}' alone is the seed itself, inside a text it is its digits."""
+    """A variant's value at `seed`: '{seed}' alone is the seed itself, inside a text it is its
+    digits; in lists and mappings too (a multi target's teachers)."""
     if value == "{seed}":
         return seed
+    if isinstance(value, dict):
+        return {key: with_seed(item, seed) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_seed(item, seed) for item in value]
     return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
 
 

@@ -81,8 +81,8 @@ def test_shipped_suites_load_and_expand():
 
 
 @pytest.mark.parametrize("name", ["mvp_vitb16_300ep", "beit_vitb16_300ep", "maskdistill_vitb16_300ep"])
-def test_paper_suites_dry_run_shows_their_compute(name):
-    result = run_cli("suite", "run", name, "--dry-run")
+def test_paper_suites_dry_run_shows_their_compute(name, tmp_path):
+    result = run_cli("suite", "run", name, "--dry-run", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "of GPU time" in result.stdout and "PFLOPs" in result.stdout
     # ViT-B/16 at 224: ~17.6 GMACs forward, x2 FLOPs per MAC, x3 for forward + backward
@@ -95,7 +95,8 @@ def test_dry_run_counts_each_evaluation_of_the_paper_recipe_by_hand(tmp_path, mo
     from mimbench.suites.estimate import estimate
 
     monkeypatch.setenv("MIMBENCH_HOME", str(tmp_path))  # the dry run times and keeps a CPU rate
-    stages = estimate(schema.load("mvp_vitb16_300ep").runs())["runs"][0]["stages"]
+    mvp = schema.load("mvp_vitb16_300ep")
+    stages = estimate(mvp.runs(), mvp.preset)["runs"][0]["stages"]
 
     def vit(patches, d=768, depth=12):  # ViT-B/16's multiply-accumulates for one image
         tokens = patches + 1
@@ -122,12 +123,12 @@ def test_dry_run_counts_each_evaluation_of_the_paper_recipe_by_hand(tmp_path, mo
     assert stages["pretrain"][0] == 300 * (imagenet // 2048) * 2048  # 300 epochs of whole batches
 
 
-def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build():
+def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build(tmp_path):
     """A smoke bench (a step of mostly overhead) never sets the rate a tiny suite is planned
     with; a tiny bench does, and the dry run says where its rate comes from."""
     smoke = run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "1")
     assert smoke.returncode == 0, smoke.stderr
-    result = run_cli("suite", "run", "tiny", "--dry-run")
+    result = run_cli("suite", "run", "tiny", "--dry-run", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     # an empty cache: each seed's three teachers, vqkd after the clip teacher it distils
     said = " ".join(result.stdout.split())
@@ -138,7 +139,7 @@ def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build():
     tiny = run_cli("bench", "--preset", "tiny", "--target", "pixels", "--repeats", "1")
     assert tiny.returncode == 0, tiny.stderr
     achieved = tiny.stdout.split("achieved")[1].split("GFLOP/s")[0].strip(" │|")
-    result = run_cli("suite", "run", "tiny", "--dry-run")
+    result = run_cli("suite", "run", "tiny", "--dry-run", "--out", tmp_path / "out")
     assert (f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s, tiny preset: measured by "
             f"mimbench bench --preset tiny --target pixels") in " ".join(result.stdout.split())
 
@@ -472,11 +473,15 @@ def test_a_grid_runs_each_reference_row_once_per_seed(tmp_path):
     # a dry run over the same folder prices only what is left: nothing, then the edited point
     plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    assert "3 runs, 3 finished in" in plan.stdout and "total of the runs left: 0.00 PFLOPs" in plan.stdout
+    wide = {"COLUMNS": "300"}  # one table row a line
+    plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run", env=wide)
+    assert plan.returncode == 0, plan.stderr
+    assert "3 runs, 3 finished in" in plan.stdout and "nothing left to run" in plan.stdout
     path.write_text(path.read_text().replace("[0.3, 0.5]", "[0.3, 0.6]"))
-    plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run")
+    plan = run_cli("suite", "run", path, "--out", tmp_path / "out", "--dry-run", env=wide)
     left = [line for line in plan.stdout.splitlines() if "-s0" in line and "finished" not in line]
     assert "3 runs, 2 finished in" in plan.stdout and len(left) == 1 and "pixels-ratio0.6-s0" in left[0]
+    assert "total of the runs left: " in plan.stdout
 
 
 def test_holm_adjusts_a_family_as_computed_by_hand():
@@ -584,7 +589,8 @@ def test_teachers_per_seed_reaches_the_teachers_of_a_multi_target(tmp_path):
     assert teachers_needed(list(runs.values())) == ["clip-smoke?seed=1"]  # the dry run's list
     used = teachers_used(path, tmp_path / "out", runs)["both-s1"]
     assert list(used) == ["teacher:clip-smoke?seed=1"]
-    assert Path(used["teacher:clip-smoke?seed=1"]["folder"]).name.startswith("clip-smoke-")
+    built = json.loads((Path(used["teacher:clip-smoke?seed=1"]["folder"]) / "report.json").read_text())
+    assert built["teacher"] == "clip-smoke?seed=1" and built["config"]["seed"] == 1  # the build the run loaded
 
 
 def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(tmp_path):
@@ -665,7 +671,8 @@ def test_a_smoke_suites_estimate_holds_within_2x_after_a_smoke_bench(tmp_path):
     assert run_cli("bench", "--preset", "smoke", "--target", "pixels", "--repeats", "2").returncode == 0
     path = tmp_path / "small.yaml"
     path.write_text(SMALL.replace("evals: [linear]", "evals: [linear, knn, finetune]"))
-    estimated = estimate(schema.load(str(path)).runs())["cpu_hours"] * 3600
+    suite = schema.load(str(path))
+    estimated = estimate(suite.runs(), suite.preset)["cpu_hours"] * 3600
     started = time.perf_counter()
     result = run_cli("suite", "run", path, "--out", tmp_path / "out")
     measured = time.perf_counter() - started

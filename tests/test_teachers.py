@@ -215,3 +215,15 @@ def test_full_teachers_are_worth_learning_from():
     _, vqkd = teachers.ensure("vqkd")
     assert vqkd["recon_cosine"] > vqkd["mean_feature_cosine"] + 0.15
     assert vqkd["codes_used"] >= vqkd["codebook_size"] // 8 and vqkd["perplexity"] > 20
+
+
+def test_references_are_a_targets_options_and_those_of_the_targets_nested_in_them():
+    """The multi target's teachers are {name: ...} entries with options of their own; a text
+    that merely starts with 'teacher:' elsewhere (a plugin's prompt list) is no reference."""
+    options = {"model": "teacher:clip", "prompts": ["teacher: a photo of"], "note": "a text",
+               "teachers": ({"name": "clip", "model": "teacher:clip?seed=2", "layer": 2}, "pixels")}
+    assert teachers.references(options) == ["teacher:clip", "teacher:clip?seed=2"]
+    changed = teachers.with_references_changed(options, lambda name: name.upper())
+    assert changed == {"model": "teacher:CLIP", "prompts": ["teacher: a photo of"], "note": "a text",
+                       "teachers": ({"name": "clip", "model": "teacher:CLIP?SEED=2", "layer": 2}, "pixels")}
+    assert options["model"] == "teacher:clip"  # the given options are left as they were

@@ -165,22 +165,27 @@ def used_by(options: dict) -> dict:
     return out
 
 
-def references(value) -> list[str]:
-    """Every "teacher:NAME" in an option value, lists and mappings included (the multi
-    target's teachers carry their own options)."""
-    if isinstance(value, str):
-        return [value] if value.startswith(PREFIX) else []
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    return [reference for item in items for reference in references(item)]
+def references(options: dict) -> list[str]:
+    """Every "teacher:NAME" option value of a target's `options`, and of the targets nested in
+    them (a list's {name: ...} entries: the multi target's teachers, each with its options)."""
+    found = []
+    for value in options.values():
+        if isinstance(value, str) and value.startswith(PREFIX):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found += [r for entry in value if isinstance(entry, dict) and "name" in entry for r in references(entry)]
+    return found
 
 
-def with_references_changed(value, change: Callable[[str], str]):
-    """`value` with each "teacher:NAME" in it, lists and mappings included, replaced by
-    "teacher:" + change(NAME)."""
-    if isinstance(value, str):
-        return PREFIX + change(value[len(PREFIX):]) if value.startswith(PREFIX) else value
-    if isinstance(value, dict):
-        return {key: with_references_changed(item, change) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(with_references_changed(item, change) for item in value)
-    return value
+def with_references_changed(options: dict, change: Callable[[str], str]) -> dict:
+    """`options` with each "teacher:NAME" option value, those of nested targets included (as
+    `references` finds them), replaced by "teacher:" + change(NAME)."""
+    def changed(value):
+        if isinstance(value, str) and value.startswith(PREFIX):
+            return PREFIX + change(value[len(PREFIX):])
+        if isinstance(value, (list, tuple)):
+            return type(value)(with_references_changed(entry, change) if isinstance(entry, dict) and "name" in entry
+                               else entry for entry in value)
+        return value
+
+    return {key: changed(value) for key, value in options.items()}
