@@ -225,6 +225,9 @@ class PlainLines:
                  f"elapsed {_clock(elapsed)}", f"ETA {_clock(eta)}"]
         if is_main_process():
             click.echo("  ".join(filter(None, parts)), err=True)
+        if step >= total:  # the next task of this name (a suite's next run) starts its own clock
+            for seen in (self.started, self.printed, self.ips):
+                seen.pop(name, None)
 
 
 def _clock(seconds: float) -> str:

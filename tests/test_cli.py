@@ -240,6 +240,20 @@ def test_a_suites_bars_go_when_their_tasks_end():
         assert [task.completed for task in bars.bars.tasks] == [2]
 
 
+def test_a_log_times_each_run_of_a_suite_from_its_own_start(monkeypatch, capsys):
+    """`suite run --jobs 1 > log`: every run's tasks have the same names; the second run's
+    pre-training is timed from its own first step, not from the first run's."""
+    from mimbench import cli
+
+    clock = iter([0.0, 100.0, 1000.0, 1010.0])  # run 1: steps 1 and 2; run 2: steps 1 and 2
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    lines = cli.PlainLines(every_s=0.0)
+    for step in (1, 2, 1, 2):
+        lines("pre-training", step, 2, {"img_per_s": 50.0} if step == 1 else {})
+    said = capsys.readouterr().err.splitlines()
+    assert [line.split("elapsed ")[1].split()[0] for line in said] == ["0:00:00", "0:01:40", "0:00:00", "0:00:10"]
+
+
 def test_one_writer_per_run_directory(tmp_path):
     """Two real processes on one --out: one trains, the other is refused naming the holder;
     a SIGKILLed holder does not block the next run."""
