@@ -475,7 +475,7 @@ def print_estimate(loaded, runs, folder: Path) -> None:
     finished = {spec.id for spec in runs
                 if is_finished(with_run_folders(spec, folder / "runs"), folder / "runs" / spec.id)}
     left = [spec for spec in runs if spec.id not in finished]
-    figures = estimate(left, loaded.preset)
+    figures = estimate(left, loaded.preset) if left else {"runs": []}  # nothing to time: answer at once
     cost = {spec.id: row for spec, row in zip(left, figures["runs"])}
     title = f"suite {loaded.name}: {len(runs)} runs" + (f", {len(finished)} finished in {folder}" if finished else "")
     table = Table(title=f"{title} (dry run)")

@@ -237,7 +237,7 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
 def estimate(runs: list[RunSpec], preset: str) -> dict:
     """Per run: the images each stage processes and its FLOPs; totals as this machine's time
     (at its measured FLOP rate for `preset`, the suite's, plus the teachers still to build)
-    and as time on the reference GPU. No runs: nothing to time."""
+    and as time on the reference GPU."""
     pretrain: dict[str, float] = {}  # student and mask -> FLOPs of a pre-training image
     evals: dict[str, dict] = {}  # student, segmentation and its classes -> FLOPs of eval images
     data: dict[str, dict] = {}  # datasets and evaluations -> their sizes
@@ -264,7 +264,7 @@ def estimate(runs: list[RunSpec], preset: str) -> dict:
     rate, rate_source = machine_rate(preset)
     to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
     build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
-    overhead_hours = (START_S + sum(run_overhead(spec) for spec in runs)) / 3600 if runs else 0.0
+    overhead_hours = (START_S + sum(run_overhead(spec) for spec in runs)) / 3600
     cpu_hours = total / rate / 3600 + overhead_hours + build_hours
     gpu_hours = total / GPU["flops"] / 3600
     return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_rate_source": rate_source,
