@@ -219,10 +219,11 @@ def write_report(suite: Suite, rows: list[dict], out: Path) -> Path:
                     if gap:
                         lines.append(f"**{describe_gap(gap)}**  ")
             lines.append("")
-    if len(points) > 1 and suite.compare:
+    if len(points) > 1:
+        gaps = ", then the change of each compared gap" if suite.compare else ""
         lines += ["## What the grid changes", "",
                   f"Each grid point against {point_label(points[0])}, paired by seed: each "
-                  f"target's own change, then the change of each compared gap.", ""]
+                  f"target's own change{gaps}.", ""]
         for point in points[1:]:
             for metric in metrics:
                 for change in grid_changes(rows, suite.targets, suite.compare, metric, points[0], point):

@@ -514,6 +514,23 @@ def test_the_primary_family_is_reported_with_holm_and_the_rest_uncorrected(tmp_p
     assert [g["holds"] for g in saved] == [True, False, False]
 
 
+def test_a_one_target_grid_reports_each_points_change_paired_by_seed(tmp_path):
+    """recipe_grid has one target and no compare: the report still gives each point's change
+    against the first, paired by seed (+2, +3, +4 over three seeds: mean +3, sd 1)."""
+    base, moved = [10.0, 20.0, 30.0], [12.0, 23.0, 34.0]
+    rows = [{"target": "clip", "seed": s, "point": point, "metrics": {"linear_probe.top1": v}, "loss_curve": None,
+             "folder": ""} for point, values in (({"mask.ratio": 0.4}, base), ({"mask.ratio": 0.5}, moved))
+            for s, v in enumerate(values)]
+    suite = schema.Suite(name="g", description="", preset="smoke", targets=("clip",), seeds=(0, 1, 2),
+                         grid={"mask.ratio": [0.4, 0.5]}, set={}, evals=("linear",), compare=(), expect=(),
+                         source=tmp_path)
+    report.write_report(suite, rows, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    [change] = [line for line in text.splitlines() if line.startswith("- clip at mask.ratio=0.5")]
+    low, high = stats.t.interval(0.95, 2, loc=3.0, scale=1.0 / 3 ** 0.5)
+    assert f"+3.0 linear_probe.top1 (95% CI {low:+.1f}..{high:+.1f}" in change, change
+
+
 def test_bootstrap_over_images_matches_the_binomial_standard_error():
     """Two targets identical on every seed (no seed variance): the bootstrap's interval is the
     images' alone, 1.96 standard errors of the mean per-image difference either side."""
