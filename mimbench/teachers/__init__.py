@@ -168,12 +168,8 @@ def used_by(options: dict) -> dict:
 def references(options: dict) -> list[str]:
     """Every "teacher:NAME" option value of a target's `options`, and of the targets nested in
     them (a list's {name: ...} entries: the multi target's teachers, each with its options)."""
-    found = []
-    for value in options.values():
-        if isinstance(value, str) and value.startswith(PREFIX):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found += [r for entry in value if isinstance(entry, dict) and "name" in entry for r in references(entry)]
+    found: list[str] = []
+    with_references_changed(options, lambda name: found.append(PREFIX + name) or name)  # the one walk
     return found
 
 
