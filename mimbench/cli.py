@@ -450,7 +450,7 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
     runs = loaded.runs()
     folder = Path(out or f"suites-out/{loaded.name}")
     if dry_run:
-        print_estimate(loaded, runs, folder)
+        print_estimate(loaded, runs, folder, jobs)
         return
     from mimbench.suites.report import write_report
     from mimbench.suites.runner import Cluster, run_suite
@@ -465,9 +465,9 @@ def suite_run(name, out, dry_run, jobs, executor, slurm_partition, gpus_per_run,
     click.echo(path.read_text().split("## ")[0].strip())
 
 
-def print_estimate(loaded, runs, folder: Path) -> None:
-    """The runs and what the ones not yet finished in `folder` will cost (a finished run is
-    read back, not redone)."""
+def print_estimate(loaded, runs, folder: Path, jobs: int) -> None:
+    """The runs and what the ones not yet finished in `folder` will cost with `jobs` at once
+    (a finished run is read back, not redone)."""
     from mimbench.suites.estimate import estimate
     from mimbench.suites.runner import is_finished
     from mimbench.suites.schema import with_run_folders
@@ -475,7 +475,7 @@ def print_estimate(loaded, runs, folder: Path) -> None:
     finished = {spec.id for spec in runs
                 if is_finished(with_run_folders(spec, folder / "runs"), folder / "runs" / spec.id)}
     left = [spec for spec in runs if spec.id not in finished]
-    figures = estimate(left, loaded.preset) if left else {"runs": []}  # nothing to time: answer at once
+    figures = estimate(left, loaded.preset, jobs) if left else {"runs": []}  # nothing to time: answer at once
     cost = {spec.id: row for spec, row in zip(left, figures["runs"])}
     title = f"suite {loaded.name}: {len(runs)} runs" + (f", {len(finished)} finished in {folder}" if finished else "")
     table = Table(title=f"{title} (dry run)")
@@ -494,9 +494,13 @@ def print_estimate(loaded, runs, folder: Path) -> None:
     if figures["teachers_to_build"]:
         click.echo(f"teachers to build first: {', '.join(figures['teachers_to_build'])} "
                    f"({figures['teacher_build_time']} as measured on 2 CPU cores).")
-    click.echo(f"this machine, one run at a time: {figures['cpu_time']}, teacher builds included "
-               f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s, {figures['cpu_rate_source']}; "
-               f"`mimbench bench --preset {loaded.preset}` "
+    bench_threads = f"OMP_NUM_THREADS={figures['threads_per_job']} " if jobs > 1 else ""
+    threads = figures["threads_per_job"]
+    at_once = (f"--jobs {jobs} ({threads} thread{'s' if threads > 1 else ''} each)" if jobs > 1
+               else "one run at a time")
+    click.echo(f"this machine, {at_once}: {figures['cpu_time']}, teacher builds included "
+               f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s a run, {figures['cpu_rate_source']}; "
+               f"`{bench_threads}mimbench bench --preset {loaded.preset}` "
                f"measures it anew; plus {figures['overhead_s']:,.0f} s of per-run set-up); "
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})

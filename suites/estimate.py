@@ -24,6 +24,7 @@ from mimbench.evals.finetune import finetune_steps
 from mimbench.evals.segmentation import Segmenter, segmentation_source
 from mimbench.masking import build_masking
 from mimbench.student import build_encoder, build_student
+from mimbench.suites.runner import threads_per_job
 from mimbench.suites.schema import RunSpec
 from mimbench.targets.base import TargetSpec
 from mimbench.weights import cache_dir
@@ -87,32 +88,32 @@ def eval_flops_per_image(config, seg_classes: int) -> dict[str, float]:
     return figures
 
 
-def rate_file(preset: str) -> Path:
+def rate_file(preset: str, threads: int) -> Path:
     """Where this machine's CPU rate for `preset` is kept, per thread count (CPU speed depends
     on it): a smoke step's rate (mostly per-step overhead) never stands in for a tiny one."""
-    return cache_dir() / "bench" / f"cpu-{torch.get_num_threads()}-threads-{preset}.json"
+    return cache_dir() / "bench" / f"cpu-{threads}-threads-{preset}.json"
 
 
-def save_rate(flops_per_s: float, source: str, preset: str) -> None:
-    path = rate_file(preset)
+def save_rate(flops_per_s: float, source: str, preset: str, threads: int | None = None) -> None:
+    path = rate_file(preset, threads or torch.get_num_threads())
     path.parent.mkdir(parents=True, exist_ok=True)
     day = datetime.date.today().isoformat()
     path.write_text(json.dumps({"flops_per_s": flops_per_s, "source": f"{source}, {day}"}))
 
 
-def machine_rate(preset: str) -> tuple[float, str]:
-    """FLOP/s of this machine's CPU for runs of `preset`, and where the figure comes from: the
-    last `mimbench bench --preset PRESET` run here on the CPU (a whole pre-training step,
-    teacher and optimizer included); failing that, the tiny preset's (the paper preset's
-    larger matrices run at least as fast); failing that, a tiny student step timed now and
-    kept for the next dry run."""
+def machine_rate(preset: str, threads: int) -> tuple[float, str]:
+    """FLOP/s of one run of `preset` on `threads` of this machine's CPU threads, and where the
+    figure comes from: the last `mimbench bench --preset PRESET` run here on the CPU at that
+    thread count (a whole pre-training step, teacher and optimizer included); failing that,
+    the tiny preset's (the paper preset's larger matrices run at least as fast); failing
+    that, a tiny student step timed now on that many threads and kept for the next dry run."""
     for name in dict.fromkeys((preset, "tiny")):
-        path = rate_file(name)
+        path = rate_file(name, threads)
         if path.exists():
             record = json.loads(path.read_text())
             return record["flops_per_s"], f"{name} preset: {record['source']}"
-    save_rate(cpu_rate(), "timed on a tiny student step", "tiny")
-    return machine_rate(preset)
+    save_rate(cpu_rate(threads), f"timed on a tiny student step at {threads} thread(s)", "tiny", threads)
+    return machine_rate(preset, threads)
 
 
 # Seconds beyond the FLOPs at the machine's rate, which dominate small runs: the command's
@@ -128,17 +129,22 @@ def run_overhead(spec: RunSpec) -> float:
     return RUN_OVERHEAD_S["run"] + sum(RUN_OVERHEAD_S.get(name, 0.0) for name in spec.config.run.evals)
 
 
-def cpu_rate(repeats: int = 3) -> float:
-    """FLOP/s that this machine reaches on a real mimbench step: the tiny student at batch 32,
-    the fastest of a few timed steps after a warm-up."""
+def cpu_rate(threads: int, repeats: int = 3) -> float:
+    """FLOP/s that this machine reaches on a real mimbench step on `threads` threads: the tiny
+    student at batch 32, the fastest of a few timed steps after a warm-up."""
     tiny = cfg.Config()
     student, images, mask = _student_step(tiny.student, tiny.mask, 32)
-    flops = counted(lambda: student(images, mask).square().mean().backward())  # the warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        student(images, mask).square().mean().backward()
-        best = min(best, time.perf_counter() - start)
+    own = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        flops = counted(lambda: student(images, mask).square().mean().backward())  # the warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            student(images, mask).square().mean().backward()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(own)
     return flops / best
 
 
@@ -234,10 +240,11 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
     return names
 
 
-def estimate(runs: list[RunSpec], preset: str) -> dict:
-    """Per run: the images each stage processes and its FLOPs; totals as this machine's time
-    (at its measured FLOP rate for `preset`, the suite's, plus the teachers still to build)
-    and as time on the reference GPU."""
+def estimate(runs: list[RunSpec], preset: str, jobs: int = 1) -> dict:
+    """Per run: the images each stage processes and its FLOPs; totals as this machine's wall
+    time with `jobs` runs at once (each at its share of the threads, at the measured FLOP rate
+    of `preset`, the suite's, on that many threads; the teachers still to build, which the
+    jobs build side by side too) and as time on the reference GPU."""
     pretrain: dict[str, float] = {}  # student and mask -> FLOPs of a pre-training image
     evals: dict[str, dict] = {}  # student, segmentation and its classes -> FLOPs of eval images
     data: dict[str, dict] = {}  # datasets and evaluations -> their sizes
@@ -261,14 +268,16 @@ def estimate(runs: list[RunSpec], preset: str) -> dict:
         assumed = [name for name, (_, _, measured) in sizes.items() if not measured]
         rows.append({"id": spec.id, "images": sum(i for i, _ in stages.values()), "flops": flops,
                      "stages": stages, "data": assumed_note(assumed)})
-    rate, rate_source = machine_rate(preset)
+    threads = threads_per_job(jobs)
+    rate, rate_source = machine_rate(preset, threads)
     to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
     build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
-    overhead_hours = (START_S + sum(run_overhead(spec) for spec in runs)) / 3600
-    cpu_hours = total / rate / 3600 + overhead_hours + build_hours
+    overhead_hours = sum(run_overhead(spec) for spec in runs) / 3600
+    side_by_side = max(1, min(jobs, len(runs)))
+    cpu_hours = START_S / 3600 + (total / rate / 3600 + overhead_hours + build_hours) / side_by_side
     gpu_hours = total / GPU["flops"] / 3600
     return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_rate_source": rate_source,
-            "overhead_s": overhead_hours * 3600,
+            "jobs": jobs, "threads_per_job": threads, "overhead_s": START_S + overhead_hours * 3600,
             "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
             "teacher_build_time": duration(build_hours) if to_build else "none",
             "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),

@@ -238,11 +238,16 @@ def _on_cluster(executor, runs, folders, todo, preset, tally: Tally, notify) -> 
         tally.finished(submitted[job], reused=False)
 
 
+def threads_per_job(jobs: int) -> int:
+    """The threads each of `jobs` runs at once gets: this machine's, shared out."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def _in_processes(jobs: int, runs, folders, todo, preset, tally: Tally, progress) -> None:
     """`jobs` runs at once, each in a spawned process with this machine's threads shared out.
     A failed run stops the suite (finished ones are kept); Ctrl-C stops it, the running runs
     checkpointed, and no worker starts another."""
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")
     updates = context.Queue()  # the workers' progress: (task, step, total, metrics)
     stop = context.Event()

@@ -140,7 +140,7 @@ def test_dry_run_plans_with_its_presets_bench_rate_and_the_teachers_to_build(tmp
     assert tiny.returncode == 0, tiny.stderr
     achieved = tiny.stdout.split("achieved")[1].split("GFLOP/s")[0].strip(" │|")
     result = run_cli("suite", "run", "tiny", "--dry-run", "--out", tmp_path / "out")
-    assert (f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s, tiny preset: measured by "
+    assert (f"at {float(achieved.replace(',', '')):,.0f} GFLOP/s a run, tiny preset: measured by "
             f"mimbench bench --preset tiny --target pixels") in " ".join(result.stdout.split())
 
 
@@ -677,6 +677,28 @@ def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_pat
     again = run_cli("suite", "run", path, "--out", out, "--jobs", "2", timeout=600)
     assert again.returncode == 0, again.stderr
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+
+
+def test_dry_run_shares_the_threads_among_its_jobs(tmp_path):
+    """With --jobs 2 on 2 threads, the runs go side by side at the 1-thread rate: half the
+    work each, at the rate a 1-thread bench measured; one at a time, the 2-thread rate."""
+    from mimbench.suites.estimate import RUN_OVERHEAD_S, START_S, estimate, save_rate
+
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    runs = schema.load(str(path)).runs()
+    save_rate(4e9, "a 2-thread bench", "smoke", threads=2)
+    save_rate(3e9, "a 1-thread bench", "smoke", threads=1)
+    own = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone, shared = estimate(runs, "smoke", jobs=1), estimate(runs, "smoke", jobs=2)
+    finally:
+        torch.set_num_threads(own)
+    assert (alone["threads_per_job"], shared["threads_per_job"]) == (2, 1)
+    flops, set_up = alone["total_flops"], RUN_OVERHEAD_S["run"] * len(runs)  # the linear probe adds none
+    assert alone["cpu_hours"] * 3600 == pytest.approx(START_S + flops / 4e9 + set_up)
+    assert shared["cpu_hours"] * 3600 == pytest.approx(START_S + (flops / 3e9 + set_up) / 2)
 
 
 def test_a_smoke_suites_estimate_holds_within_2x_after_a_smoke_bench(tmp_path):
