@@ -501,7 +501,7 @@ def print_estimate(loaded, runs, folder: Path, jobs: int) -> None:
     click.echo(f"this machine, {at_once}: {figures['cpu_time']}, teacher builds included "
                f"(at {figures['cpu_rate'] / 1e9:,.0f} GFLOP/s a run, {figures['cpu_rate_source']}; "
                f"`{bench_threads}mimbench bench --preset {loaded.preset}` "
-               f"measures it anew; plus {figures['overhead_s']:,.0f} s of per-run set-up); "
+               f"measures it alone; set-up included, {figures['overhead_s']:,.0f} s over all runs); "
                f"{figures['gpu']}: {figures['gpu_time']} of GPU time.")
     notes = sorted({row["data"] for row in figures["runs"]} - {"measured"})
     if notes:

@@ -7,6 +7,7 @@ times. Answers in seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import json
@@ -240,11 +241,52 @@ def teachers_needed(runs: list[RunSpec]) -> list[str]:
     return names
 
 
+@dataclasses.dataclass
+class Task:
+    """A run as the runner schedules it: its seed, the runs it loads, the teachers it builds
+    or waits for (in build order) and its own seconds."""
+
+    id: str
+    seed: int
+    after: tuple[str, ...]
+    teachers: list[str]
+    seconds: float
+
+
+def finish_time(tasks: list[Task], builds: dict[str, float], jobs: int) -> float:
+    """Seconds until the last task ends with `jobs` at once, as the runner starts them: in
+    seed order, each on the first free job once the runs it loads have ended. A task builds
+    (`builds`: teacher -> seconds) the teachers it needs that no earlier task started, and
+    waits for those another job is building."""
+    free = [0.0] * jobs  # when each job is next free
+    ends: dict[str, float] = {}  # task id -> when it ends
+    ready_at: dict[str, float] = {}  # teacher -> when it is built
+    priced = {t.id for t in tasks}
+    waiting = sorted(tasks, key=lambda t: t.seed)
+    while waiting:
+        job = min(range(jobs), key=free.__getitem__)
+        now = free[job]
+        runnable = [t for t in waiting
+                    if all(ends.get(a, float("inf")) <= now for a in t.after if a in priced)]
+        if not runnable:  # every waiting task loads a run still going: idle until the next ends
+            free[job] = min(end for end in ends.values() if end > now)
+            continue
+        task = runnable[0]
+        waiting.remove(task)
+        for name in task.teachers:
+            if name not in ready_at:
+                ready_at[name] = now + builds[name]
+            now = max(now, ready_at[name])
+        ends[task.id] = free[job] = now + task.seconds
+    return max(ends.values(), default=0.0)
+
+
 def estimate(runs: list[RunSpec], preset: str, jobs: int = 1) -> dict:
     """Per run: the images each stage processes and its FLOPs; totals as this machine's wall
-    time with `jobs` runs at once (each at its share of the threads, at the measured FLOP rate
-    of `preset`, the suite's, on that many threads; the teachers still to build, which the
-    jobs build side by side too) and as time on the reference GPU."""
+    time with `jobs` runs at once (each at the measured FLOP rate of `preset`, the suite's, on
+    its share of the threads; the teachers still to build at their measured build times, in
+    the runs that first need them, as `finish_time` plays the runner) and as time on the
+    reference GPU."""
     pretrain: dict[str, float] = {}  # student and mask -> FLOPs of a pre-training image
     evals: dict[str, dict] = {}  # student, segmentation and its classes -> FLOPs of eval images
     data: dict[str, dict] = {}  # datasets and evaluations -> their sizes
@@ -272,12 +314,14 @@ def estimate(runs: list[RunSpec], preset: str, jobs: int = 1) -> dict:
     rate, rate_source = machine_rate(preset, threads)
     to_build = [name for name in teachers_needed(runs) if not teachers.cached(name)]
     build_hours = sum(teachers.get(name).build_minutes for name in to_build) / 60
-    overhead_hours = sum(run_overhead(spec) for spec in runs) / 3600
-    side_by_side = max(1, min(jobs, len(runs)))
-    cpu_hours = START_S / 3600 + (total / rate / 3600 + overhead_hours + build_hours) / side_by_side
+    tasks = [Task(spec.id, spec.seed, spec.after, [n for n in teachers_needed([spec]) if n in to_build],
+                  row["flops"] / rate + run_overhead(spec)) for spec, row in zip(runs, rows)]
+    builds = {name: teachers.get(name).build_minutes * 60 for name in to_build}
+    cpu_hours = (START_S + finish_time(tasks, builds, jobs)) / 3600
     gpu_hours = total / GPU["flops"] / 3600
     return {"runs": rows, "total_flops": total, "cpu_rate": rate, "cpu_rate_source": rate_source,
-            "jobs": jobs, "threads_per_job": threads, "overhead_s": START_S + overhead_hours * 3600,
+            "jobs": jobs, "threads_per_job": threads,
+            "overhead_s": START_S + sum(run_overhead(spec) for spec in runs),
             "cpu_hours": cpu_hours, "cpu_time": duration(cpu_hours), "teachers_to_build": to_build,
             "teacher_build_time": duration(build_hours) if to_build else "none",
             "gpu": GPU["name"], "gpu_hours": gpu_hours, "gpu_time": duration(gpu_hours),

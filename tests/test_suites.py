@@ -680,12 +680,13 @@ def test_ctrl_c_stops_a_suite_with_jobs_and_no_worker_starts_another_run(tmp_pat
 
 
 def test_dry_run_shares_the_threads_among_its_jobs(tmp_path):
-    """With --jobs 2 on 2 threads, the runs go side by side at the 1-thread rate: half the
-    work each, at the rate a 1-thread bench measured; one at a time, the 2-thread rate."""
+    """With --jobs 2 on 2 threads, the runs go side by side at the 1-thread rate: two equal
+    runs take one run's time at that rate; one at a time, the 2-thread rate, both runs."""
     from mimbench.suites.estimate import RUN_OVERHEAD_S, START_S, estimate, save_rate
 
     path = tmp_path / "small.yaml"
-    path.write_text(SMALL)
+    path.write_text(SMALL.replace("targets: [pixels, random]", "targets: [pixels]").replace(
+        "compare: [pixels, random]\n", ""))  # two equal runs: pixels on seeds 0 and 1
     runs = schema.load(str(path)).runs()
     save_rate(4e9, "a 2-thread bench", "smoke", threads=2)
     save_rate(3e9, "a 1-thread bench", "smoke", threads=1)
@@ -696,9 +697,37 @@ def test_dry_run_shares_the_threads_among_its_jobs(tmp_path):
     finally:
         torch.set_num_threads(own)
     assert (alone["threads_per_job"], shared["threads_per_job"]) == (2, 1)
-    flops, set_up = alone["total_flops"], RUN_OVERHEAD_S["run"] * len(runs)  # the linear probe adds none
-    assert alone["cpu_hours"] * 3600 == pytest.approx(START_S + flops / 4e9 + set_up)
-    assert shared["cpu_hours"] * 3600 == pytest.approx(START_S + (flops / 3e9 + set_up) / 2)
+    run_flops = alone["runs"][0]["flops"]
+    assert alone["total_flops"] == pytest.approx(2 * run_flops)
+    set_up = RUN_OVERHEAD_S["run"]  # the linear probe adds none
+    assert alone["cpu_hours"] * 3600 == pytest.approx(START_S + 2 * (run_flops / 4e9 + set_up))
+    assert shared["cpu_hours"] * 3600 == pytest.approx(START_S + run_flops / 3e9 + set_up)
+
+
+@pytest.mark.parametrize("jobs, expected", [
+    (2, 20.0),  # three 10 s runs on two jobs: the third starts when the first ends
+    (4, 10.0),  # more jobs than runs
+])
+def test_runs_go_to_the_first_free_job(jobs, expected):
+    from mimbench.suites.estimate import Task, finish_time
+
+    tasks = [Task(f"r{i}", 0, (), [], 10.0) for i in range(3)]
+    assert finish_time(tasks, {}, jobs) == expected
+
+
+def test_a_chain_of_runs_waits_and_teachers_are_built_once():
+    """dBOT's stages (each loads the one before) run one after another whatever the jobs;
+    a VQ-KD run waits for the CLIP teacher another job is building, then builds its own."""
+    from mimbench.suites.estimate import Task, finish_time
+
+    chain = [Task("stage0", 0, (), [], 10.0), Task("stage1", 0, ("stage0",), [], 10.0),
+             Task("stage2", 0, ("stage1",), [], 10.0)]
+    assert finish_time(chain, {}, 3) == 30.0
+    built = [Task("clip", 0, (), ["clip"], 10.0), Task("vqkd", 0, (), ["clip", "vqkd"], 10.0),
+             Task("clip2", 1, (), ["clip"], 10.0)]
+    # job 0: clip built 0-5, run 5-15; job 1: waits to 5, builds vqkd 5-8, run 8-18;
+    # clip2 starts at 15 on job 0, the teacher built: ends 25
+    assert finish_time(built, {"clip": 5.0, "vqkd": 3.0}, 2) == 25.0
 
 
 def test_a_smoke_suites_estimate_holds_within_2x_after_a_smoke_bench(tmp_path):
