@@ -172,6 +172,7 @@ class ProgressBars:
                              TextColumn("ETA"), TimeRemainingColumn(), console=console)
         self.tasks: dict[str, int] = {}  # task name -> rich task id
         self.ips: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
 
     def __enter__(self):
         self.bars.__enter__()
@@ -202,6 +203,7 @@ class PlainLines:
         self.started: dict[str, float] = {}
         self.printed: dict[str, float] = {}
         self.ips: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
 
     def __enter__(self):
         return self
@@ -211,6 +213,9 @@ class PlainLines:
 
     def __call__(self, name: str, step: int, total: int, metrics: dict) -> None:
         now = time.monotonic()
+        if step < self.steps.get(name, 0):  # a new task of this name whose last step went unreported
+            self.forget(name)
+        self.steps[name] = step
         start = self.started.setdefault(name, now)
         if "img_per_s" in metrics:
             self.ips[name] = metrics["img_per_s"]
@@ -226,8 +231,11 @@ class PlainLines:
         if is_main_process():
             click.echo("  ".join(filter(None, parts)), err=True)
         if step >= total:  # the next task of this name (a suite's next run) starts its own clock
-            for seen in (self.started, self.printed, self.ips):
-                seen.pop(name, None)
+            self.forget(name)
+
+    def forget(self, name: str) -> None:
+        for seen in (self.started, self.printed, self.ips, self.steps):
+            seen.pop(name, None)
 
 
 def _clock(seconds: float) -> str:

@@ -254,6 +254,20 @@ def test_a_log_times_each_run_of_a_suite_from_its_own_start(monkeypatch, capsys)
     assert [line.split("elapsed ")[1].split()[0] for line in said] == ["0:00:00", "0:01:40", "0:00:00", "0:00:10"]
 
 
+def test_a_log_restarts_the_clock_when_a_run_ends_before_its_last_step(monkeypatch, capsys):
+    """A run whose final step is skipped (optim.nonfinite_grads=skip) never reports step
+    total; the next run's pre-training, back at step 1, still starts its own clock."""
+    from mimbench import cli
+
+    clock = iter([0.0, 100.0, 1000.0, 1010.0])  # run 1: steps 1 and 2 of 3; run 2: steps 1 and 2
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    lines = cli.PlainLines(every_s=0.0)
+    for step in (1, 2, 1, 2):
+        lines("pre-training", step, 3, {})
+    said = capsys.readouterr().err.splitlines()
+    assert [line.split("elapsed ")[1].split()[0] for line in said] == ["0:00:00", "0:01:40", "0:00:00", "0:00:10"]
+
+
 def test_one_writer_per_run_directory(tmp_path):
     """Two real processes on one --out: one trains, the other is refused naming the holder;
     a SIGKILLed holder does not block the next run."""
