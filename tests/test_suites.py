@@ -69,9 +69,11 @@ def test_shipped_suites_load_and_expand():
     assert runs["vqkd-s2"].config.target.options["weights"] == "teacher:vqkd?seed=2&teacher=clip?seed=2"
     assert all(r.config.eval_data.val["split"] == "test" for r in runs.values())  # the headline split
     # the world results of bootstrap, multi_teacher and recipe_grid reuse the tiny suite's runs
-    for name, row in (("bootstrap", "clip-s1"), ("multi_teacher", "pixels-s1"), ("recipe_grid", "clip-ratio0.45-lossmse-s1")):
+    for name, row, tiny_row in (("bootstrap", "clip-s1", "clip-s1"), ("multi_teacher", "pixels-s1", "pixels-s1"),
+                                ("recipe_grid", "clip-ratio0.45-lossmse-s1", "clip-s1"),
+                                ("caption_naming", "clip-p1-s1", "clip-s1"), ("caption_naming", "random-s1", "random-s1")):
         reused = {r.id: r for r in schema.load(name).runs()}[row].config
-        assert not schema.cfg.differing_keys(reused, runs[row.split("-")[0] + "-s1"].config), name
+        assert not schema.cfg.differing_keys(reused, runs[tiny_row].config), name
     [multi] = [r for r in schema.load("multi_teacher").runs() if r.id == "clip_pixels-s1"]
     assert multi.config.target.options["teachers"][0]["model"] == "teacher:clip?seed=1"
     ratios = [r.config.mask.ratio for r in schema.load("ablate_mask_ratio").runs()]
@@ -613,7 +615,7 @@ def test_teachers_per_seed_reaches_the_teachers_of_a_multi_target(tmp_path):
 def test_a_variant_row_is_a_target_with_its_own_settings_and_teachers_per_seed(tmp_path):
     """variants: a row 'clip-unnamed' is the clip target with its own target.model; '{seed}'
     makes each seed build its own teacher (teacher-build variance in the intervals). The shipped
-    caption_naming suite is such a suite."""
+    caption_naming suite has such rows (seeded by teachers_per_seed)."""
     path = tmp_path / "variants.yaml"
     path.write_text("preset: smoke\nvariants:\n  clip-unnamed: {target: clip, set: {target.model: "
                     "'teacher:clip-smoke?name_probability=0&seed={seed}'}}\n"
