@@ -501,7 +501,8 @@ def print_estimate(loaded, runs, folder: Path, jobs: int) -> None:
                f"PFLOPs ({figures['counted']}).")
     if figures["teachers_to_build"]:
         click.echo(f"teachers to build first: {', '.join(figures['teachers_to_build'])} "
-                   f"({figures['teacher_build_time']} as measured on 2 CPU cores).")
+                   f"({figures['teacher_build_time']} one after another, each as measured at one thread beside "
+                   f"another job on 2 CPU cores).")
     bench_threads = f"OMP_NUM_THREADS={figures['threads_per_job']} " if jobs > 1 else ""
     threads = figures["threads_per_job"]
     at_once = (f"--jobs {jobs} ({threads} thread{'s' if threads > 1 else ''} each)" if jobs > 1

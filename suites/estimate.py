@@ -113,7 +113,7 @@ def machine_rate(preset: str, threads: int) -> tuple[float, str]:
         if path.exists():
             record = json.loads(path.read_text())
             return record["flops_per_s"], f"{name} preset: {record['source']}"
-    save_rate(cpu_rate(threads), f"timed on a tiny student step at {threads} thread(s)", "tiny", threads)
+    save_rate(cpu_rate(threads), f"timed on a tiny student step on {threads} thread{'s' if threads > 1 else ''}", "tiny", threads)
     return machine_rate(preset, threads)
 
 

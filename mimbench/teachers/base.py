@@ -23,7 +23,7 @@ class Teacher:
     weights_file: str  # the file whose checksum guards the cache
     reference: Callable[[Path], dict]  # folder -> the target options that load it
     config: object  # a frozen dataclass; its hash names the cache folder
-    build_minutes: float  # wall minutes of one build on the 2-core reference machine (docs/teachers.md)
+    build_minutes: float  # wall minutes of one build at 1 thread beside another job on the 2-core reference machine (docs/teachers.md)
     version: int = 1  # the build code's version: bumped whenever the build's code changes
 
     @property

@@ -171,11 +171,11 @@ def reference(folder: Path) -> dict:
 
 SMOKE = ClipTeacherConfig(image_size=32, pairs=256, steps=4, batch_size=32, warmup_steps=1, eval_pairs=64)
 TEACHERS = [
-    Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig(), 10.7),
+    Teacher("clip", build, "open_clip_model.safetensors", reference, ClipTeacherConfig(), 5.4),
     Teacher("clip-smoke", build, "open_clip_model.safetensors", reference, SMOKE, 0.1),
     # the control: the same tower told the labels (target.model=teacher:supervised)
     Teacher("supervised", partial(build, supervised=True), "open_clip_model.safetensors", reference,
-            ClipTeacherConfig(), 10.7),
+            ClipTeacherConfig(), 5.4),
     Teacher("supervised-smoke", partial(build, supervised=True), "open_clip_model.safetensors", reference,
             SMOKE, 0.1),
 ]

@@ -107,7 +107,7 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    Teacher("dvae", build, WEIGHTS, reference, DVAETeacherConfig(), 17.2),
+    Teacher("dvae", build, WEIGHTS, reference, DVAETeacherConfig(), 7.3),
     Teacher("dvae-smoke", build, WEIGHTS, reference,
             DVAETeacherConfig(image_size=32, images=128, crop=16, steps=3, batch_size=8,
                               eval_images=32), 0.1),

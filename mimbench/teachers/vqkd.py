@@ -98,7 +98,7 @@ def reference(folder: Path) -> dict:
 
 
 TEACHERS = [
-    Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig(), 6.5),
+    Teacher("vqkd", build, WEIGHTS, reference, VQKDTeacherConfig(), 2.6),
     Teacher("vqkd-smoke", build, WEIGHTS, reference,
                      VQKDTeacherConfig(teacher="clip-smoke", image_size=32, images=128, width=32,
                                        codebook_size=64, steps=3, batch_size=8, warmup_steps=1,

@@ -21,7 +21,8 @@ def main(before: Path, after: Path) -> None:
         shared = sorted(set(a) & set(b))
         equal = sum(a[m] == b[m] for m in shared)
         change = max(shared, key=lambda m: abs(b[m] - a[m]))
-        print(f"| {run_id} | {equal} of {len(shared)} | {change}: {a[change]:.2f} -> {b[change]:.2f} |")
+        moved = f"{change}: {a[change]:.2f} -> {b[change]:.2f}" if equal < len(shared) else "none"
+        print(f"| {run_id} | {equal} of {len(shared)} | {moved} |")
 
 
 if __name__ == "__main__":
