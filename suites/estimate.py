@@ -113,7 +113,8 @@ def machine_rate(preset: str, threads: int) -> tuple[float, str]:
         if path.exists():
             record = json.loads(path.read_text())
             return record["flops_per_s"], f"{name} preset: {record['source']}"
-    save_rate(cpu_rate(threads), f"timed on a tiny student step on {threads} thread{'s' if threads > 1 else ''}", "tiny", threads)
+    on_threads = f"{threads} thread{'s' if threads > 1 else ''}"
+    save_rate(cpu_rate(threads), f"timed on a tiny student step on {on_threads}", "tiny", threads)
     return machine_rate(preset, threads)
 
 
