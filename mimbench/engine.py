@@ -105,11 +105,11 @@ def prepare(config: Config, run: RunDir, world: distributed.World, device: torch
     student = build_student(config.student, provider.spec).to(device)
     optimizer = pretraining_optimizer(student, config)
     start = state["step"] if state else 0
+    if world.is_main:  # lines logged after the checkpoint, or by an attempt that saved none
+        run.truncate_metrics(start)
     if state:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
-        if world.is_main:
-            run.truncate_metrics(start)
         log.info("resuming %s at step %d of %d", run.path, start, plan["total_steps"])
     return Pretraining(config, run, world, device, Targets(provider, config.target.name, config.target.cache),
                        loss, images, plan, batch, accum, start, student, optimizer,

@@ -65,7 +65,8 @@ class RunDir:
             self.trackers = None
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Drop lines logged after the checkpoint a resumed run restarts from."""
+        """Drop lines logged after the checkpoint a resumed run restarts from (all of them
+        when it restarts from step 0)."""
         if not self.metrics.exists():
             return
         kept = [line for line in self.metrics.read_text().splitlines()

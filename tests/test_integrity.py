@@ -69,6 +69,20 @@ def test_a_run_that_died_before_its_first_checkpoint_leaves_no_stale_lines(tmp_p
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[0]["loss"] != 99.0
 
 
+def test_resuming_a_run_that_saved_no_checkpoint_drops_its_stale_lines(tmp_path):
+    """What a suite does with a run it finds unfinished: --resume, which restarts from step 0."""
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *SMOKE, "--out", out).returncode == 0
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "results.json"):
+        (out / name).unlink()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 98.0}\n')
+    resumed = run_cli("pretrain", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0]["loss"] != 99.0 and rows[1]["loss"] != 98.0
+
+
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
     out = tmp_path / "run"
     assert run_cli("pretrain", *SMOKE, "--set", "optim.steps=3", "--out", out).returncode == 0
